@@ -3,7 +3,11 @@
 Weights: 2-bit codes, bit 1 = sign (1 = negative), bit 0 = magnitude select (1 = larger magnitude).
 Activations: INT4 two's complement [-8, 7], one symmetric FP32 scale per token.
 KV cache: 4-bit unsigned with an FP32 scale and integer zero point per head.
-Accumulator: signed, ``ACC_BITS`` wide (default 32); overflow saturates and is reported, or raises.
+Accumulator: signed, ``ACC_BITS`` wide (default 32), every add saturating in ascending k; overflow is reported
+(sticky flag) or raises, never wraps.
+Hadamard unit: 16-bit block-floating-point input, +1 bit per butterfly stage and ceil(log2 K) for the K stage,
+1/sqrt(n) folded into the following INT4 scale.
+Dequantization: ((fp32(acc) * act_scale) * weight_scale * unit) in FP32, round to nearest even at each step.
 """
 
 from __future__ import annotations
@@ -132,7 +136,11 @@ def fake_quant_kv(x: torch.Tensor, bits: int = KV_BITS, clip: float = KV_CLIP) -
 
 
 def saturate(acc: np.ndarray | torch.Tensor, bits: int = ACC_BITS, policy: str = "saturate"):
-    """Apply the accumulator overflow policy to exact int64 sums: clamp (returns (values, n_overflowed)) or raise."""
+    """Apply the overflow policy to exact int64 sums: clamp (returns (values, n_overflowed)) or raise.
+
+    This clamps final values only; the hardware saturates every partial sum in ascending k (``saturating_dot``,
+    what qift_hw.sim.matmul computes). The two agree whenever no partial sum leaves the range.
+    """
     if policy not in OVERFLOW_POLICIES:
         raise QiftError(f"unknown overflow policy {policy!r}; use one of {', '.join(OVERFLOW_POLICIES)}")
     lo, hi = acc_range(bits)
@@ -143,3 +151,105 @@ def saturate(acc: np.ndarray | torch.Tensor, bits: int = ACC_BITS, policy: str =
     if isinstance(acc, torch.Tensor):
         return acc.clamp(lo, hi), n
     return np.clip(acc, lo, hi), n
+
+
+# ---------------------------------------------------------------- PE products and accumulation order
+
+PE_PRODUCT_RANGE = {"pot_mnz": (-32, 32), "mnz": (-24, 24), "pm12": (-16, 16), "std": (-14, 16)}
+"""Exact range of weight x INT4 activation for each hardware level set (the -8 activation gives the extremes)."""
+
+ACC_ORDER = "k-ascending"
+"""Partial sums are added in ascending k and every add saturates (see ``saturating_dot``); both array dataflows
+(docs/array_protocol.md) add in this order, so the result does not depend on the array size or the dataflow."""
+
+
+def max_abs_product(level_set: str | LevelSet, act_bits: int = ACT_BITS) -> int:
+    """Largest |weight x activation| for this level set and activation width (what one MAC can add)."""
+    return int(np.abs(weight_int_values(level_set)).max()) * 2 ** (act_bits - 1)
+
+
+def cannot_overflow(K: int, level_set: str | LevelSet, bits: int = ACC_BITS, act_bits: int = ACT_BITS) -> bool:
+    """True when no partial sum of a K-term dot product can leave the ``bits``-wide range (fast, unchecked path)."""
+    return K * max_abs_product(level_set, act_bits) <= acc_range(bits)[1]
+
+
+def saturating_dot(products: np.ndarray, bits: int = ACC_BITS) -> tuple[int, bool]:
+    """The hardware accumulation rule, written out: acc = sat(acc + p) for p in order; (value, any add saturated).
+
+    sat clamps to [-2^(bits-1), 2^(bits-1) - 1]. A sum that leaves the range and comes back is not the exact
+    sum: that is why the overflow flag is sticky and reported with the value.
+    """
+    lo, hi = acc_range(bits)
+    acc, flag = 0, False
+    for p in np.asarray(products, dtype=np.int64).tolist():
+        x = acc + p
+        acc = min(max(x, lo), hi)
+        flag |= acc != x
+    return acc, flag
+
+
+# ---------------------------------------------------------------- Hadamard unit
+
+HAD_IN_BITS = 16
+"""Signed width of the Hadamard unit's input mantissas (block floating point: one exponent per token)."""
+HAD_IN_MAX = 2 ** (HAD_IN_BITS - 1) - 1
+
+
+def had_input_fixed(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert FP activations to the Hadamard unit's input: (mantissas int32, exponent int32 [..., 1]), x ~ m * 2^e.
+
+    Per token (last dim): max|x| = f * 2^E with f in [0.5, 1) (frexp); e = E - (HAD_IN_BITS - 1);
+    m = clamp(round_half_even(x * 2^-e), -HAD_IN_MAX, HAD_IN_MAX). Scaling by 2^-e is exact in FP32; an
+    all-zero token gets e = 0.
+    """
+    xf = x.to(SCALE_DTYPE)
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    _, E = torch.frexp(amax)
+    e = torch.where(amax > 0, E - (HAD_IN_BITS - 1), torch.zeros_like(E)).to(torch.int32)
+    m = torch.clamp(torch.round(torch.ldexp(xf, -e)), -HAD_IN_MAX, HAD_IN_MAX)
+    return m.to(torch.int32), e
+
+
+def had_growth_bits(K: int, p: int) -> int:
+    """Bits an n = K * p (p = 2^k) Hadamard adds: one per butterfly stage (k) plus ceil(log2 K) for the K stage."""
+    if p < 1 or p & (p - 1):
+        raise QiftError(f"the butterfly part of a Hadamard order must be a power of two, got {p}")
+    if K < 1:
+        raise QiftError(f"the K factor of a Hadamard order must be >= 1, got {K}")
+    return int(p).bit_length() - 1 + (int(K - 1).bit_length() if K > 1 else 0)
+
+
+def had_out_bits(K: int, p: int, in_bits: int = HAD_IN_BITS) -> int:
+    """Signed width of the Hadamard unit's output for input width ``in_bits`` (no overflow is possible)."""
+    return in_bits + had_growth_bits(K, p)
+
+
+def had_output_quant(y: torch.Tensor, exp: torch.Tensor, n: int, bits: int = ACT_BITS, clip: float = ACT_CLIP
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT4 quantizer after the Hadamard unit: (q int8, activation scale FP32 [..., 1]).
+
+    y = H x_int (exact integers). q, s_u = quantize_act(fp32(y)) (fp32(y) rounds to nearest even above 2^24);
+    the unit's 1/sqrt(n) and the input exponent are folded into the scale only:
+    scale = fp32(s_u * fp32(1/sqrt(n))) * 2^exp (the power of two is exact).
+    """
+    q, s_u = quantize_act(y.to(SCALE_DTYPE), bits, clip)
+    inv = torch.tensor(1.0 / math.sqrt(n), dtype=torch.float64).to(SCALE_DTYPE)
+    return q, torch.ldexp(s_u * inv, exp.to(torch.int32))
+
+
+# ---------------------------------------------------------------- dequantization
+
+def weight_scale_eff(w_scale: torch.Tensor, level_set: str | LevelSet) -> torch.Tensor:
+    """Per-output-channel FP32 scale of the integer weight: fp32(scale * unit) (unit is 1 or 1/2, so exact)."""
+    return (w_scale.to(SCALE_DTYPE).reshape(-1) * weight_unit(level_set)).to(SCALE_DTYPE)
+
+
+def dequantize_acc(acc: torch.Tensor, act_scale: torch.Tensor, w_scale: torch.Tensor, level_set: str | LevelSet,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Output of a quantized linear from its integer accumulators [..., N]; FP32, each step round to nearest even.
+
+    y = ((fp32(acc) * act_scale[token]) * weight_scale_eff[n]) (+ fp32(bias[n])), in exactly this order.
+    """
+    y = acc.to(SCALE_DTYPE) * act_scale.to(SCALE_DTYPE)
+    y = y * weight_scale_eff(w_scale, level_set)
+    return y if bias is None else y + bias.to(SCALE_DTYPE)

@@ -1,0 +1,130 @@
+"""Glue between the PyTorch pipeline and the bit-accurate model: run every W2 linear of a model in `qift_hw.sim`.
+
+This sits in the CLI layer because it is the one place allowed to import both the pipeline (qmodel, pipeline
+results) and `qift_hw.sim`; the algorithm modules never import the simulator. `install_sim_backend` replaces the
+forward of each QLinear whose weights are 2-bit hardware codes by the integer model (`sim.linear.SimLinear`):
+online Hadamard (Hadamard unit), INT4 quantizer, sign/shift/add accumulation, FP32 dequantization.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SIM_ATTR = "_qift_sim"
+
+
+def install_sim_backend(model: Any, weights: dict, hadamard: str = "unit", acc_bits: int | None = None,
+                        overflow: str = "saturate") -> list[str]:
+    """Route the W2 QLinears of ``model`` (names in ``weights``, a pipeline QuantizedModel.weights dict) through
+    the integer model. Other layers (INT4/INT3 mixed-precision layers, lm_head) keep the fake-quant path.
+    Returns the names of the layers now simulated. ``remove_sim_backend`` undoes it.
+    """
+    from qift_hw import formats
+    from qift_hw.errors import QiftError
+    from qift_hw.qmodel import iter_qlinears
+    from qift_hw.sim.linear import SimLinear
+
+    done = []
+    for name, q in iter_qlinears(model):
+        ql = weights.get(name)
+        if ql is None or ql.level_set not in formats.HW_LEVEL_SETS:
+            continue
+        if q.a_bits != formats.ACT_BITS:
+            raise QiftError(f"{name}: the integer model needs INT{formats.ACT_BITS} activations, the layer has "
+                            f"a_bits={q.a_bits}; quantize with --a-bits {formats.ACT_BITS}")
+        sim = SimLinear.from_codes(ql.codes.cpu(), ql.params.scale.cpu(), ql.level_set,
+                                   online_hadamard=q.online_hadamard,
+                                   bias=None if q.bias is None else q.bias.detach().cpu(), a_bits=q.a_bits,
+                                   a_clip=q.a_clip, acc_bits=acc_bits or formats.ACC_BITS, overflow=overflow,
+                                   hadamard=hadamard)
+        setattr(q, SIM_ATTR, sim)
+        q.forward = _sim_forward(q, sim)
+        done.append(name)
+    return done
+
+
+def _sim_forward(q: Any, sim: Any):
+    def forward(x):
+        if q.capture is not None:
+            q.capture(q.transform_input(x).reshape(-1, x.shape[-1]))
+        return sim(x)
+
+    return forward
+
+
+def remove_sim_backend(model: Any) -> int:
+    """Give every simulated QLinear its PyTorch forward back; returns how many were restored."""
+    from qift_hw.qmodel import iter_qlinears
+
+    n = 0
+    for _, q in iter_qlinears(model):
+        if hasattr(q, SIM_ATTR):
+            delattr(q, SIM_ATTR)
+            del q.forward
+            n += 1
+    return n
+
+
+def compare_linears(model: Any, weights: dict, input_ids: Any, hadamard: str = "float") -> list[dict]:
+    """Check every W2 linear of a quantized model against the pipeline on the inputs it sees for ``input_ids``.
+
+    Per layer: the integer model's accumulators against an independent torch int64 product of the pipeline's
+    INT4 activations (formats.quantize_act after hadamard_transform) and the level set's integer weights
+    (levels / unit), and the dequantized outputs against the fake-quant forward, as a fraction of the FP32 bound
+    (K + 4) * 2^-24 * s_a * s_w' * sum_k |q_k||w_k| (+ 2^-23 * (|y| + |bias|) with a bias). ``hadamard="unit"``
+    also reports how many INT4 codes the Hadamard unit moves relative to the float transform.
+    """
+    import torch
+
+    from qift_hw import formats
+    from qift_hw.hadamard import hadamard_transform
+    from qift_hw.levels import get_level_set
+    from qift_hw.qmodel import iter_qlinears
+    from qift_hw.sim.linear import SimLinear
+
+    u = 2.0**-24
+    inputs: dict = {}
+    hooks = [q.register_forward_pre_hook(lambda m, a, n=name: inputs.__setitem__(n, a[0].reshape(-1, m.in_features)))
+             for name, q in iter_qlinears(model)]
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    with torch.no_grad():
+        for name, lin in iter_qlinears(model):
+            ql = weights.get(name)
+            if ql is None or ql.level_set not in formats.HW_LEVEL_SETS:
+                continue
+            x = inputs[name].float()
+            ls = get_level_set(ql.level_set)
+            xin = hadamard_transform(x, normalize=True) if lin.online_hadamard else x
+            q, s_a = formats.quantize_act(xin, lin.a_bits, lin.a_clip)
+            w_int = torch.round(ls.decode(ql.codes.cpu()) / formats.weight_unit(ls)).long()
+            acc_ref = q.long() @ w_int.T
+            bias = None if lin.bias is None else lin.bias.detach().float().cpu()
+            sim = SimLinear.from_codes(ql.codes.cpu(), ql.params.scale.cpu(), ls.name,
+                                       online_hadamard=lin.online_hadamard, bias=bias, a_bits=lin.a_bits,
+                                       a_clip=lin.a_clip, hadamard="float")
+            acc = torch.from_numpy(sim.accumulate(q))
+            y_sim = sim(x)
+            y_fq = lin(x).float()
+            sw = formats.weight_scale_eff(ql.params.scale.cpu(), ls)
+            bound = (x.shape[-1] + 4) * u * s_a * sw * (q.abs().double() @ w_int.abs().T.double()).float()
+            if bias is not None:
+                bound = bound + 2 * u * (y_fq.abs() + bias.abs())
+            row = {"layer": name, "level_set": ls.name, "tokens": int(x.shape[0]), "K": int(x.shape[1]),
+                   "N": int(w_int.shape[0]), "online_hadamard": bool(lin.online_hadamard),
+                   "acc_exact": bool(torch.equal(acc, acc_ref)), "max_abs_acc": int(acc_ref.abs().max()),
+                   "max_abs_diff": float((y_sim - y_fq).abs().max()),
+                   "max_diff_over_bound": float(((y_sim - y_fq).abs() / (bound + 1e-30)).max()),
+                   "max_abs_out": float(y_fq.abs().max())}
+            if hadamard == "unit" and lin.online_hadamard:
+                sim.hadamard = "unit"
+                q_u, s_u = sim.quantize_input(x)
+                row["unit_codes_moved"] = float((q_u != q).float().mean())
+                row["unit_scale_rel_diff"] = float(((s_u - s_a).abs() / s_a).max())
+            rows.append(row)
+    return rows

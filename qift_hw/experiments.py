@@ -1,0 +1,173 @@
+"""Perplexity experiments: which runs make up a table, and running them on one loaded model.
+
+A run ("point") is FP, rotated FP (optionally with the activation/KV quantizers on) or a quantized model
+given by a `QuantConfig`. `run_points` evaluates each on a fresh copy of the same float model and the same
+evaluation and calibration windows, and returns result rows for `qift_hw.report`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qift_hw.errors import QiftError
+from qift_hw.evaluate import evaluate_ppl
+from qift_hw.levels import TWO_BIT_SETS, get_level_set
+from qift_hw.mixed import parse_w2_spec
+from qift_hw.pipeline import FLOAT_BITS, QuantConfig, prepare_model, quantize_model
+
+DEMO_LEVELS = ("std", "mnz", "pot_mnz")
+DEFAULT_MIXED = "sensitivity:15"
+DEFAULT_RATIOS = (0.1, 0.15, 0.2, 0.25, 0.3, 1 / 3, 0.4, 0.5, 0.6, 0.7)
+
+
+@dataclass
+class Point:
+    """One run of a table. kind: fp, rotated_fp or quant; config is None for fp."""
+
+    label: str
+    kind: str
+    config: QuantConfig | None = None
+    ratio: float | None = None
+
+
+def weights_label(cfg: QuantConfig) -> str:
+    spec = parse_w2_spec(cfg.w2_layers)
+    if spec.kind == "all":
+        return "W2"
+    if spec.kind == "none":
+        return f"W{cfg.other_bits}"
+    return f"W2[{spec}]/W{cfg.other_bits}"
+
+
+def quant_point(base: QuantConfig, **changes) -> Point:
+    cfg = replace(base, **changes)
+    cfg.validate()
+    ls = get_level_set(cfg.levels)
+    return Point(cfg.label(), "quant", cfg, ratio=ls.ratio if ls.name.startswith("ratio:") else None)
+
+
+def reference_points(base: QuantConfig, fp: bool = True, int_refs: bool = False, methods=("gptq",)) -> list[Point]:
+    """FP, rotated FP (A16 and A4KV4 with float weights) and, with int_refs, W4A4KV4 and W3A4KV4."""
+    pts: list[Point] = []
+    if fp:
+        pts.append(Point("FP", "fp"))
+        pts.append(Point("rotated FP", "rotated_fp", replace(base, rotate=True, a_bits=FLOAT_BITS, kv_bits=FLOAT_BITS)))
+        pts.append(Point("rotated FP A4KV4", "rotated_fp", replace(base, rotate=True, a_bits=4, kv_bits=4)))
+    if int_refs:
+        for bits in (4, 3):
+            for m in methods:
+                pts.append(quant_point(base, w2_layers="none", other_bits=bits, method=m, a_bits=4, kv_bits=4))
+    return pts
+
+
+def grid_points(base: QuantConfig, levels, methods, settings: list[dict]) -> list[Point]:
+    """Every (setting, level set, method) combination; a setting is a dict of QuantConfig changes."""
+    pts = []
+    for setting in settings:
+        for m in methods:
+            for lv in levels:
+                pts.append(quant_point(base, levels=lv, method=m, **setting))
+    return pts
+
+
+def preset_points(name: str, base: QuantConfig, mixed: str = DEFAULT_MIXED) -> list[Point]:
+    """`demo`: FP, rotated FP, W2A4KV4 GPTQ with std/mnz/pot_mnz and one mixed point (mnz).
+    `full`: the paper's grid, 7 level sets x {RTN, GPTQ} x {W2A16, W2A4KV4, mixed} plus FP, W4A4KV4, W3A4KV4."""
+    a4 = {"w2_layers": "all", "a_bits": 4, "kv_bits": 4}
+    if name == "demo":
+        return (reference_points(base)
+                + grid_points(base, DEMO_LEVELS, ["gptq"], [a4])
+                + grid_points(base, ["mnz"], ["gptq"], [{**a4, "w2_layers": mixed, "other_bits": 4}]))
+    if name == "full":
+        settings = [{"w2_layers": "all", "a_bits": FLOAT_BITS, "kv_bits": FLOAT_BITS}, a4,
+                    {**a4, "w2_layers": mixed, "other_bits": 4}]
+        return (reference_points(base, int_refs=True, methods=("rtn", "gptq"))
+                + grid_points(base, TWO_BIT_SETS, ["rtn", "gptq"], settings))
+    raise QiftError(f"unknown table preset {name!r}; use demo or full")
+
+
+def ratio_points(base: QuantConfig, ratios, methods=("gptq",)) -> list[Point]:
+    """The symmetric sets {+-r, +-1} for each ratio r."""
+    return grid_points(base, [f"ratio:{r:.4g}" for r in ratios], methods, [{}])
+
+
+def _row(point: Point, ppl: float, seconds: float, qm=None) -> dict:
+    cfg = point.config
+    row = {
+        "label": point.label, "kind": point.kind, "ppl": ppl, "seconds": seconds,
+        "levels": None if point.kind != "quant" else cfg.levels if parse_w2_spec(cfg.w2_layers).kind != "none"
+        else f"int{cfg.other_bits}",
+        "method": cfg.method if point.kind == "quant" else None,
+        "weights": weights_label(cfg) if point.kind == "quant" else "W16",
+        "a_bits": cfg.a_bits if cfg else FLOAT_BITS, "kv_bits": cfg.kv_bits if cfg else FLOAT_BITS,
+        "rotated": bool(cfg and cfg.rotate), "ratio": point.ratio,
+        "config": cfg.to_dict() if cfg else None,
+    }
+    if qm is not None:
+        errs = qm.layer_errors()
+        measured = [e for e in errs if e is not None]
+        row.update({
+            "w2_layers": qm.w2_layers, "layer_level_sets": qm.layer_level_sets, "layer_rel_error": errs,
+            "mean_rel_error": sum(measured) / len(measured) if measured else None,
+            "sensitivity": qm.sensitivity, "timings": qm.timings, "resumed_layers": qm.resumed_layers,
+            "linears": [{k: r[k] for k in ("layer", "name", "level_set", "rel_error", "damp")} for r in qm.records],
+        })
+    return row
+
+
+def run_dir_for(root: str | Path | None, cfg: QuantConfig, model_id: str) -> Path | None:
+    return None if root is None else Path(root) / cfg.key(model_id)
+
+
+def run_points(
+    points: list[Point],
+    base_model: nn.Module,
+    tokenizer,
+    eval_windows: torch.Tensor,
+    calib: torch.Tensor | None = None,
+    device: str = "cpu",
+    run_root: str | Path | None = None,
+    model_id: str = "",
+    progress: bool = True,
+    on_row=None,
+    export: str | Path | None = None,
+) -> list[dict]:
+    """Evaluate every point on a deep copy of `base_model` (float, un-rotated, on CPU); returns result rows.
+
+    on_row(row) is called after each run (e.g. to write partial results); export: save the (single) quantized
+    model of the last quantized point there.
+    """
+    rows = []
+    for k, point in enumerate(points):
+        t0 = time.perf_counter()
+        model = copy.deepcopy(base_model).to(device)
+        qm = None
+        if point.kind == "rotated_fp":
+            prepare_model(model, point.config)
+        elif point.kind == "quant":
+            cfg = replace(point.config, device=str(device))
+            qm = quantize_model(model, tokenizer, cfg, run_dir=run_dir_for(run_root, cfg, model_id), calib=calib,
+                                model_id=model_id, progress=progress)
+            if export is not None:
+                from qift_hw.export import save_quantized
+
+                save_quantized(export, qm, model_id=model_id)
+        ppl = evaluate_ppl(model, eval_windows, device=device, progress=progress)
+        row = _row(point, ppl, time.perf_counter() - t0, qm)
+        rows.append(row)
+        print(f"[{k + 1}/{len(points)}] {point.label}: ppl {ppl:.3f} ({row['seconds']:.0f} s)", flush=True)
+        if on_row is not None:
+            on_row(row)
+        del model, qm
+    return rows
+
+
+def rows_to_json(rows: list[dict]) -> str:
+    return json.dumps(rows, indent=2)

@@ -1,0 +1,154 @@
+"""Quantized checkpoints in safetensors: packed weight codes, per-channel scales, level sets and the recipe.
+
+File layout (format "qift-1"):
+- for each quantized decoder linear NAME: `NAME.qcodes` (uint8, codes packed along the input dimension: four
+  2-bit codes per byte, code j of a group in bits 2j..2j+1, as `levels.pack_codes`; 3- and 4-bit codes two per
+  byte, 8-bit one per byte), `NAME.scale` (float32 [N, 1]) and, for `asym`, `NAME.zero` (float32 [N, 1]);
+- every other tensor of the rotated model's state dict (embedding, lm_head, norms, biases) as it is;
+- metadata (strings): format, the Hugging Face model config, the rotation record (seed), the quantization config,
+  per-linear level set and shape, the W2 layer list and the model id the tokenizer comes from.
+`load_quantized` rebuilds the architecture from the stored config, re-applies the rotation structure (online
+Hadamards) and installs the dequantized weights, so the reloaded model computes exactly what was exported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qift_hw.errors import QiftError
+from qift_hw.io import atomic_path
+from qift_hw.levels import QParams, dequantize, get_level_set, pack_codes, unpack_codes
+from qift_hw.pipeline import QuantConfig, QuantizedLinear, QuantizedModel
+
+FORMAT = "qift-1"
+
+
+def _pack_bits(bits: int) -> int:
+    return 2 if bits == 2 else 4 if bits <= 4 else 8
+
+
+def save_quantized(path: str | Path, qm: QuantizedModel, model_id: str = "") -> Path:
+    """Write the quantized model `qm` to `path` (safetensors, atomically)."""
+    from safetensors.torch import save_file
+
+    model = qm.model
+    tensors: dict[str, torch.Tensor] = {}
+    linears: dict[str, dict] = {}
+    for name, ql in qm.weights.items():
+        ls = get_level_set(ql.level_set)
+        N, K = ql.codes.shape
+        tensors[f"{name}.qcodes"] = pack_codes(ql.codes.cpu(), bits=_pack_bits(ls.bits)).contiguous()
+        tensors[f"{name}.scale"] = ql.params.scale.detach().cpu().contiguous()
+        if ql.params.zero is not None:
+            tensors[f"{name}.zero"] = ql.params.zero.detach().cpu().contiguous()
+        linears[name] = {"level_set": ls.name, "shape": [N, K]}
+    skip = {f"{name}.weight" for name in qm.weights}
+    for key, value in model.state_dict().items():
+        if key not in skip:
+            tensors[key] = value.detach().cpu().contiguous()
+    meta = {
+        "format": FORMAT,
+        "hf_config": model.config.to_json_string(use_diff=False),
+        "rotation": json.dumps(qm.rotation),
+        "quant_config": json.dumps(qm.config.to_dict()),
+        "linears": json.dumps(linears),
+        "w2_layers": json.dumps(qm.w2_layers),
+        "model_id": model_id,
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The decoded metadata of a qift checkpoint (QiftError if it is not one)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise QiftError(f"checkpoint {path} does not exist; pass a file written by `qift-hw quantize`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise QiftError(f"checkpoint {path} is not a readable safetensors file ({exc}); re-export it") from exc
+    if meta.get("format") != FORMAT:
+        raise QiftError(f"{path} is not a qift-hw checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    out = dict(meta)
+    for k in ("hf_config", "rotation", "quant_config", "linears", "w2_layers"):
+        out[k] = json.loads(meta[k])
+    return out
+
+
+def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the quantized model from a checkpoint; returns (model in eval mode on `device`, metadata)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qift_hw.models import untie_embeddings
+    from qift_hw.pipeline import prepare_model
+
+    meta = read_metadata(path)
+    hf = dict(meta["hf_config"])
+    model_type = hf.pop("model_type", None)
+    try:
+        config = AutoConfig.for_model(model_type, **hf)
+    except Exception as exc:
+        raise QiftError(f"checkpoint {path}: cannot rebuild model config ({exc})") from exc
+    config.tie_word_embeddings = False
+    cfg = QuantConfig.from_dict(meta["quant_config"])
+    rotation = meta["rotation"]
+    cfg.rotate = rotation is not None
+    if rotation is not None:
+        cfg.rotation_seed = int(rotation["seed"])
+    torch_dtype = torch.float32
+    with torch.device("cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    untie_embeddings(model)
+    model.eval()
+    prepare_model(model, cfg)
+    linears = meta["linears"]
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = set(f.keys())
+        state = {k: f.get_tensor(k) for k in keys if not k.endswith((".qcodes", ".scale", ".zero"))
+                 or k.rsplit(".", 1)[0] not in linears}
+        expected = set(model.state_dict())
+        missing = expected - set(state) - {f"{n}.weight" for n in linears}
+        if missing:
+            raise QiftError(f"checkpoint {path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); re-export it")
+        model.load_state_dict(state, strict=False)
+        modules = dict(model.named_modules())
+        for name, info in linears.items():
+            ls = get_level_set(info["level_set"])
+            N, K = info["shape"]
+            codes = unpack_codes(f.get_tensor(f"{name}.qcodes"), K, bits=_pack_bits(ls.bits))
+            zero = f.get_tensor(f"{name}.zero") if f"{name}.zero" in keys else None
+            params = QParams(f.get_tensor(f"{name}.scale"), zero)
+            deq = dequantize(codes, ls, params)
+            lin = modules[name]
+            with torch.no_grad():
+                lin.weight.copy_(deq)
+            lin.set_qweight(deq)
+    model.to(device)
+    return model, meta
+
+
+def quantized_weights(path: str | Path) -> dict[str, QuantizedLinear]:
+    """Codes and per-row params of every quantized linear of a checkpoint (for the bit-accurate model)."""
+    from safetensors import safe_open
+
+    meta = read_metadata(path)
+    out = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = set(f.keys())
+        for name, info in meta["linears"].items():
+            ls = get_level_set(info["level_set"])
+            codes = unpack_codes(f.get_tensor(f"{name}.qcodes"), info["shape"][1], bits=_pack_bits(ls.bits))
+            zero = f.get_tensor(f"{name}.zero") if f"{name}.zero" in keys else None
+            out[name] = QuantizedLinear(ls.name, codes, QParams(f.get_tensor(f"{name}.scale"), zero))
+    return out

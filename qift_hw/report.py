@@ -1,0 +1,186 @@
+"""Results tables (Markdown + JSON) and plots for perplexity runs and GPTQ residuals.
+
+A result row is a plain dict: label, kind (fp / rotated_fp / quant), levels, method, weights (e.g. "W2",
+"W4", "W2[first:15]/W4"), a_bits, kv_bits, ppl, mean_rel_error, layer_rel_error (list per layer), seconds and
+the full config. `write_report` writes `results.json`, `results.md` and the plots into one folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from qift_hw.io import save_figure, write_json, write_text
+
+TWO_BIT_ORDER = ("std", "asym", "pm12", "mnz", "pot_mnz", "lloyd", "nf2")
+
+
+def _fmt(x, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf"
+        if abs(x) >= 1e4:
+            return f"{x:.3g}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def setting_of(row: dict) -> str:
+    """Column name of a row's precision setting, e.g. W2A16, W2A4KV4, W2[first:15]/W4 A4KV4."""
+    a = "A16" if row.get("a_bits", 16) == 16 else f"A{row['a_bits']}"
+    kv = "" if row.get("kv_bits", 16) == 16 else f"KV{row['kv_bits']}"
+    return f"{row['weights']}{a}{kv}"
+
+
+def markdown_rows(rows: list[dict]) -> str:
+    """One line per run: setting, level set, method, perplexity, mean GPTQ residual, time."""
+    head = "| run | setting | level set | method | ppl | mean rel. output error | seconds |\n|---|---|---|---|---:|---:|---:|\n"
+    lines = []
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {setting_of(r)} | {r.get('levels') or '-'} | {r.get('method') or '-'} | "
+            f"{_fmt(r.get('ppl'))} | {_fmt(r.get('mean_rel_error'), 3)} | {_fmt(r.get('seconds'), 0)} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def pivot_table(rows: list[dict]) -> str:
+    """Level sets down, (setting, method) across: the paper-style perplexity grid of the quantized runs."""
+    quant = [r for r in rows if r["kind"] == "quant" and r.get("levels") in TWO_BIT_ORDER]
+    cols: list[tuple[str, str]] = []
+    for r in quant:
+        key = (setting_of(r), r["method"])
+        if key not in cols:
+            cols.append(key)
+    if not cols:
+        return ""
+    settings = list(dict.fromkeys(c[0] for c in cols))
+    cols.sort(key=lambda c: (settings.index(c[0]), {"rtn": 0, "gptq": 1}.get(c[1], 2)))
+    cells = {(r["levels"], setting_of(r), r["method"]): r["ppl"] for r in quant}
+    levels = [ls for ls in TWO_BIT_ORDER if any(k[0] == ls for k in cells)]
+    head = "| level set | " + " | ".join(f"{s} {m.upper()}" for s, m in cols) + " |\n"
+    head += "|---|" + "---:|" * len(cols) + "\n"
+    body = []
+    for ls in levels:
+        vals = [cells.get((ls, s, m)) for s, m in cols]
+        body.append(f"| {ls} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    return head + "\n".join(body) + "\n"
+
+
+def residual_table(rows: list[dict]) -> str:
+    """Mean relative output error ||WX-QX||/||WX|| over each run's W2 layers, and its worst layer."""
+    runs = [r for r in rows if r.get("layer_rel_error")]
+    if not runs:
+        return ""
+    head = "| run | setting | mean over layers | min layer | max layer (index) |\n|---|---|---:|---:|---:|\n"
+    lines = []
+    for r in runs:
+        errs = [(i, e) for i, e in enumerate(r["layer_rel_error"]) if e is not None]
+        if not errs:
+            continue
+        worst = max(errs, key=lambda t: t[1])
+        lines.append(f"| {r['label']} | {setting_of(r)} | {_fmt(r['mean_rel_error'], 3)} | "
+                     f"{_fmt(min(e for _, e in errs), 3)} | {_fmt(worst[1], 3)} ({worst[0]}) |")
+    return head + "\n".join(lines) + "\n"
+
+
+def render_markdown(rows: list[dict], meta: dict) -> str:
+    """The whole report as Markdown."""
+    parts = [f"# {meta.get('title', 'qift-hw results')}\n"]
+    if meta.get("command"):
+        parts.append(f"Command: `{meta['command']}`\n")
+    info = {k: v for k, v in meta.items() if k not in ("title", "command")}
+    if info:
+        parts.append("\n".join(f"- {k}: {v}" for k, v in info.items()) + "\n")
+    parts.append("## All runs\n\n" + markdown_rows(rows))
+    grid = pivot_table(rows)
+    if grid:
+        parts.append("## Perplexity by level set\n\n" + grid)
+    res = residual_table(rows)
+    if res:
+        parts.append("## GPTQ residuals (relative output error per linear, averaged per layer)\n\n" + res)
+    return "\n".join(parts)
+
+
+def plot_residuals(rows: list[dict], path: str | os.PathLike) -> None:
+    """Relative output error per layer, one line per run that measured it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in rows:
+        errs = r.get("layer_rel_error")
+        if errs:
+            xs = [i for i, e in enumerate(errs) if e is not None]
+            ax.plot(xs, [errs[i] for i in xs], marker=".", lw=1, label=f"{r['label']}")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("||WX - QX|| / ||WX|| (mean over linears)")
+    ax.set_title("GPTQ residuals")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ppl(rows: list[dict], path: str | os.PathLike) -> None:
+    """Perplexity per run (log scale), quantized runs grouped by setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    good = [r for r in rows if r.get("ppl") is not None and math.isfinite(r["ppl"])]
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(good)), 4))
+    ax.bar(range(len(good)), [r["ppl"] for r in good], color=["grey" if r["kind"] != "quant" else "C0" for r in good])
+    ax.set_xticks(range(len(good)), [r["label"] for r in good], rotation=75, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("perplexity")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ratio_sweep(rows: list[dict], path: str | os.PathLike) -> None:
+    """Perplexity against the inner/outer ratio of the symmetric set {+-r, +-1}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted((r["ratio"], r["ppl"], r["method"]) for r in rows if r.get("ratio") is not None)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({m for _, _, m in pts}):
+        xs = [x for x, _, m in pts if m == method]
+        ys = [y for _, y, m in pts if m == method]
+        ax.plot(xs, ys, marker="o", label=method)
+    ax.axvspan(0.25, 0.33, color="green", alpha=0.1, label="paper's good range")
+    ax.set_xlabel("inner / outer ratio")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(rows: list[dict], folder: str | os.PathLike, meta: dict | None = None, plots: bool = True) -> Path:
+    """Write results.json, results.md and plots (png) into `folder`; returns the Markdown path."""
+    folder = Path(folder)
+    meta = dict(meta or {})
+    write_json(folder / "results.json", {"meta": meta, "rows": rows})
+    md = folder / "results.md"
+    write_text(md, render_markdown(rows, meta))
+    if plots and rows:
+        plot_ppl(rows, folder / "ppl.png")
+        if any(r.get("layer_rel_error") for r in rows):
+            plot_residuals(rows, folder / "residuals.png")
+        if any(r.get("ratio") is not None for r in rows):
+            plot_ratio_sweep(rows, folder / "ratio_sweep.png")
+    return md

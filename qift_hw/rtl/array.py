@@ -1,0 +1,209 @@
+"""R x C PE arrays in the two dataflows of docs/array_protocol.md: weight-stationary and output-stationary.
+
+Both follow the protocol register for register (so the RTL can be checked against the cycle-stepped model
+cycle for cycle): a global advance ``en`` (0 = stall: no register changes), activations moving right one PE per
+cycle, and either partial sums moving down (WS) or weights moving down into stationary accumulators (OS).
+Additions saturate at ``acc_bits`` and an overflow flag travels with each sum; nothing wraps. The skew of the
+inputs (row r one cycle after row r-1) is the feeder's job, as the protocol specifies.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from qift_hw import formats
+from qift_hw.errors import QiftError
+from qift_hw.rtl.pe import Product, check_acc_bits, pe_format, saturating_add, silence_unused
+
+DATAFLOWS = ("ws", "os")
+MAX_DIM = 64
+
+
+def _check_dims(rows: int, cols: int) -> None:
+    for name, v in (("rows", rows), ("cols", cols)):
+        if not 1 <= v <= MAX_DIM:
+            raise QiftError(f"array {name} must be 1..{MAX_DIM}, got {v}")
+
+
+def _slice(port, i: int, shape):
+    part = port[i * shape.width:(i + 1) * shape.width]
+    return part.as_signed() if shape.signed else part
+
+
+class _Array(wiring.Component):
+    def __init__(self, rows: int, cols: int, kind: str, acc_bits: int, ports: dict):
+        try:
+            _check_dims(rows, cols)
+            check_acc_bits(acc_bits, kind)
+        except QiftError:
+            silence_unused(self)
+            raise
+        self.rows, self.cols, self.kind, self.acc_bits = rows, cols, kind, acc_bits
+        self.fmt = pe_format(kind)
+        self.a_shape = signed(self.fmt.act_bits)
+        self.acc_shape = signed(acc_bits)
+        super().__init__(ports)
+
+    def _product(self, m: Module, r: int, c: int, a, w) -> Product:
+        prod = Product(self.kind)
+        m.submodules[f"prod_{r}_{c}"] = prod
+        m.d.comb += [prod.a.eq(a), prod.w.eq(w)]
+        return prod
+
+    def lanes(self) -> dict[str, tuple[int, int, bool]]:
+        """Vector layout of every data port: name -> (lanes, bits per lane, signed)."""
+        R, C, B = self.rows, self.cols, self.acc_bits
+        wb, ab = self.fmt.w_shape.width, self.fmt.act_bits
+        if self.dataflow == "ws":
+            return {"w_load": (1, 1, False), "w_in": (C, wb, False), "a_in": (R, ab, True), "p_in": (C, B, True),
+                    "ovf_in": (C, 1, False), "pv_in": (C, 1, False), "p_out": (C, B, True),
+                    "ovf_out": (C, 1, False), "pv_out": (C, 1, False)}
+        return {"drain": (1, 1, False), "a_in": (R, ab, True), "w_in": (C, wb, False), "out": (C, B, True),
+                "ovf_out": (C, 1, False), "out_valid": (1, 1, False)}
+
+    def params(self) -> dict:
+        """The generator parameters of this instance (written into the Verilog header)."""
+        return {"dataflow": self.dataflow, "rows": self.rows, "cols": self.cols, "kind": self.kind,
+                "acc_bits": self.acc_bits, "act_bits": self.fmt.act_bits, "w_bits": self.fmt.w_shape.width}
+
+
+class WSArray(_Array):
+    """Weight-stationary array: PE(r, c) holds W[n0+c, k0+r]; partial sums move down, results leave the bottom.
+
+    Ports (lane i of a vector port at bits ``[i*width, (i+1)*width)``): ``en``, ``w_load``, ``w_in`` (C codes),
+    ``a_in`` (R activations), ``p_in`` (C partial sums), ``ovf_in`` and ``pv_in`` (C bits); outputs ``p_out``
+    (C sums of the bottom row), ``ovf_out``, ``pv_out``. A pass is R load cycles, then M + R + C - 1 stream cycles;
+    the result for (m, c) is on ``p_out`` lane c during stream cycle m + R + c (see the protocol).
+    """
+
+    dataflow = "ws"
+
+    def __init__(self, rows: int, cols: int, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
+        try:
+            fmt = pe_format(kind)
+        except QiftError:
+            silence_unused(self)
+            raise
+        wb, ab = fmt.w_shape.width, fmt.act_bits
+        super().__init__(rows, cols, kind, acc_bits, {
+            "en": In(1),
+            "w_load": In(1),
+            "w_in": In(unsigned(cols * wb)),
+            "a_in": In(unsigned(rows * ab)),
+            "p_in": In(unsigned(cols * acc_bits)),
+            "ovf_in": In(unsigned(cols)),
+            "pv_in": In(unsigned(cols)),
+            "p_out": Out(unsigned(cols * acc_bits)),
+            "ovf_out": Out(unsigned(cols)),
+            "pv_out": Out(unsigned(cols)),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        R, C = self.rows, self.cols
+        grid = [[None] * C for _ in range(R)]
+        for r in range(R):
+            for c in range(C):
+                grid[r][c] = {
+                    "w": Signal(self.fmt.w_shape, name=f"wreg_{r}_{c}"),
+                    "a": Signal(self.a_shape, name=f"areg_{r}_{c}"),
+                    "p": Signal(self.acc_shape, name=f"preg_{r}_{c}"),
+                    "ov": Signal(name=f"ovreg_{r}_{c}"),
+                    "pv": Signal(name=f"pvreg_{r}_{c}"),
+                }
+        for r in range(R):
+            for c in range(C):
+                cell = grid[r][c]
+                a = _slice(self.a_in, r, self.a_shape) if c == 0 else grid[r][c - 1]["a"]
+                if r == 0:
+                    w_up = _slice(self.w_in, c, self.fmt.w_shape)
+                    p_up = _slice(self.p_in, c, self.acc_shape)
+                    ov_up, pv_up = self.ovf_in[c], self.pv_in[c]
+                else:
+                    up = grid[r - 1][c]
+                    w_up, p_up, ov_up, pv_up = up["w"], up["p"], up["ov"], up["pv"]
+                prod = self._product(m, r, c, a, cell["w"])
+                total, over = saturating_add(m, p_up, prod.term, prod.neg, self.acc_bits)
+                with m.If(self.en):
+                    with m.If(self.w_load):
+                        m.d.sync += cell["w"].eq(w_up)
+                    with m.Else():
+                        m.d.sync += [cell["a"].eq(a), cell["p"].eq(total), cell["ov"].eq(ov_up | over),
+                                     cell["pv"].eq(pv_up)]
+        for c in range(C):
+            bottom = grid[R - 1][c]
+            m.d.comb += [_slice(self.p_out, c, self.acc_shape).eq(bottom["p"]),
+                         self.ovf_out[c].eq(bottom["ov"]), self.pv_out[c].eq(bottom["pv"])]
+        return m
+
+
+class OSArray(_Array):
+    """Output-stationary array: PE(r, c) accumulates C[m0+r, n0+c]; weights move down, activations right.
+
+    Ports: ``en``, ``drain``, ``a_in`` (R activations), ``w_in`` (C codes); outputs ``out`` (C accumulators of the
+    bottom row), ``ovf_out`` (C bits) and ``out_valid`` (= ``drain & en``: the output is taken this cycle).
+    A pass is K + R + C - 2 stream cycles, then R drain cycles that shift the accumulators down (bottom row
+    first) and leave zeros behind. Activation and weight registers hold during the drain.
+    """
+
+    dataflow = "os"
+
+    def __init__(self, rows: int, cols: int, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
+        try:
+            fmt = pe_format(kind)
+        except QiftError:
+            silence_unused(self)
+            raise
+        wb, ab = fmt.w_shape.width, fmt.act_bits
+        super().__init__(rows, cols, kind, acc_bits, {
+            "en": In(1),
+            "drain": In(1),
+            "a_in": In(unsigned(rows * ab)),
+            "w_in": In(unsigned(cols * wb)),
+            "out": Out(unsigned(cols * acc_bits)),
+            "ovf_out": Out(unsigned(cols)),
+            "out_valid": Out(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        R, C = self.rows, self.cols
+        grid = [[{
+            "a": Signal(self.a_shape, name=f"areg_{r}_{c}"),
+            "w": Signal(self.fmt.w_shape, name=f"wreg_{r}_{c}"),
+            "acc": Signal(self.acc_shape, name=f"acc_{r}_{c}"),
+            "ov": Signal(name=f"ovreg_{r}_{c}"),
+        } for c in range(C)] for r in range(R)]
+        for r in range(R):
+            for c in range(C):
+                cell = grid[r][c]
+                a = _slice(self.a_in, r, self.a_shape) if c == 0 else grid[r][c - 1]["a"]
+                w = _slice(self.w_in, c, self.fmt.w_shape) if r == 0 else grid[r - 1][c]["w"]
+                prod = self._product(m, r, c, a, w)
+                total, over = saturating_add(m, cell["acc"], prod.term, prod.neg, self.acc_bits)
+                with m.If(self.en):
+                    with m.If(self.drain):
+                        if r == 0:
+                            m.d.sync += [cell["acc"].eq(0), cell["ov"].eq(0)]
+                        else:
+                            m.d.sync += [cell["acc"].eq(grid[r - 1][c]["acc"]), cell["ov"].eq(grid[r - 1][c]["ov"])]
+                    with m.Else():
+                        m.d.sync += [cell["a"].eq(a), cell["w"].eq(w), cell["acc"].eq(total),
+                                     cell["ov"].eq(cell["ov"] | over)]
+        for c in range(C):
+            bottom = grid[R - 1][c]
+            m.d.comb += [_slice(self.out, c, self.acc_shape).eq(bottom["acc"]), self.ovf_out[c].eq(bottom["ov"])]
+        m.d.comb += self.out_valid.eq(self.drain & self.en)
+        return m
+
+
+def make_array(dataflow: str, rows: int, cols: int, kind: str = "pot_mnz",
+               acc_bits: int = formats.ACC_BITS) -> WSArray | OSArray:
+    """An array of the given dataflow (``ws`` or ``os``)."""
+    if dataflow == "ws":
+        return WSArray(rows, cols, kind, acc_bits)
+    if dataflow == "os":
+        return OSArray(rows, cols, kind, acc_bits)
+    raise QiftError(f"unknown dataflow {dataflow!r}; use one of {', '.join(DATAFLOWS)}")

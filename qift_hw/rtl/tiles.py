@@ -1,0 +1,101 @@
+"""Small real tiles from SmolLM2 for the RTL benches: INT4 activations, W2 GPTQ codes, Hadamard-unit inputs.
+
+The tiles come from the rotated model (QuaRot rotation, as the Qift pipeline runs it): the inputs of one layer's
+q_proj on a calibration window are quantized per token to INT4 (``formats.quantize_act``) and its weight is
+quantized to PoT-MNZ codes by GPTQ with the Hessian of those same inputs (or the codes are read from a qift-1
+checkpoint). The Hadamard inputs are that layer's query heads (64 = head_dim, the size of the online Q/K
+Hadamard) in the unit's block floating-point input format. The file is small and lives in ``sim/data/``, so the
+benches run real data without loading the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from qift_hw import formats
+from qift_hw.errors import QiftError
+
+KEEP_CODE_ROWS = 64
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to stop the forward pass once the layer input is in hand."""
+
+
+def _layer_input(model, layer: int, windows) -> "torch.Tensor":
+    import torch
+
+    layers = model.model.layers
+    if not 0 <= layer < len(layers):
+        raise QiftError(f"layer must be 0..{len(layers) - 1}, got {layer}")
+    lin = layers[layer].self_attn.q_proj
+    got = []
+
+    def capture(x):
+        got.append(x.detach().clone())
+        raise _Captured
+
+    lin.capture = capture
+    try:
+        with torch.no_grad():
+            for w in windows:
+                try:
+                    model(w[None])
+                except _Captured:
+                    pass
+    finally:
+        lin.capture = None
+    return torch.cat(got).to(torch.float64)
+
+
+def export_tiles(path: Path, layer: int = 3, tokens: int = 16, checkpoint: Path | None = None,
+                 calib_windows: int = 2, seqlen: int = 256, level_set: str = "pot_mnz") -> Path:
+    """Write ``path`` (.npz) with acts int8 [tokens, K], codes uint8 [64, K], had_in int32 [vectors, 64] and
+    a ``source`` string describing where they come from."""
+    import torch
+
+    from qift_hw.data import calib_windows as get_calib
+    from qift_hw.gptq import gptq_quantize
+    from qift_hw.levels import get_level_set
+
+    torch.set_num_threads(2)
+    name = f"model.layers.{layer}.self_attn.q_proj"
+    if checkpoint is not None:
+        from qift_hw.export import load_quantized, quantized_weights
+        from qift_hw.models import load_model
+
+        model, meta = load_quantized(checkpoint)
+        weights = quantized_weights(checkpoint)
+        if name not in weights:
+            raise QiftError(f"{checkpoint} has no quantized {name}; pick a --layer that was quantized")
+        codes = weights[name].codes.numpy().astype(np.uint8)
+        _, tok = load_model(meta.get("model_id") or None)
+        source = f"{checkpoint.name}: {name} ({weights[name].level_set})"
+    else:
+        from qift_hw.models import load_model
+        from qift_hw.rotation import rotate_model
+
+        model, tok = load_model()
+        rotate_model(model, seed=0)
+        codes = None
+        source = f"GPTQ {level_set} of rotated SmolLM2-135M {name}, pydoc calib {calib_windows}x{seqlen} tokens"
+    windows = get_calib(tok, seqlen=seqlen, n=calib_windows)
+    X = _layer_input(model, layer, windows)
+    if codes is None:
+        W = model.model.layers[layer].self_attn.q_proj.weight.detach().to(torch.float64)
+        H = 2.0 / X.shape[0] * (X.T @ X)
+        codes = gptq_quantize(W.float(), H.float(), get_level_set(level_set)).codes.numpy().astype(np.uint8)
+    acts, _ = formats.quantize_act(X[:tokens].float())
+    W_cur = model.model.layers[layer].self_attn.q_proj.weight.detach().float()
+    q_heads = (X[:4].float() @ W_cur.T).reshape(-1, 64)
+    mant, _ = formats.had_input_fixed(q_heads)
+    tmp = Path(path).with_suffix(".tmp.npz")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(tmp, acts=acts.numpy().astype(np.int8), codes=codes[:KEEP_CODE_ROWS],
+                        had_in=mant.numpy().astype(np.int32), source=np.array(source),
+                        meta=np.array(json.dumps({"layer": layer, "tokens": tokens, "level_set": level_set})))
+    tmp.replace(path)
+    return Path(path)

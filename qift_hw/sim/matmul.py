@@ -1,0 +1,187 @@
+"""`matmul`: the bit-accurate W2 x INT4 product every check goes through.
+
+Two exact kernels give the same answer: the bit-plane kernel (fast, used when no partial sum can overflow the
+accumulator) and the PE kernel, which runs the PE datapath MAC by MAC with a saturating ``acc_bits`` accumulator
+in ascending k, exactly as both array dataflows do (docs/array_protocol.md). Overflow never wraps: it saturates and
+is reported (a warning, or the mask with ``return_overflow``), or raises with ``overflow="error"``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from numba import njit, prange
+
+from qift_hw import formats
+from qift_hw.errors import QiftError
+from qift_hw.levels import LevelSet, get_level_set, unpack_codes
+from qift_hw.sim import bitplane
+from qift_hw.sim.pe import MULT, pe_kind, pe_product_nb
+
+KERNELS = ("auto", "bitplane", "pe")
+
+
+class SaturationWarning(UserWarning):
+    """Some accumulators saturated (overflow policy "saturate"); the values are clamped, not exact."""
+
+
+@njit(parallel=True, cache=True)
+def _pe_gemm(acts, codes, kind, code_bits, lo, hi, out, ovf):
+    M, K = acts.shape
+    N = codes.shape[0]
+    for n in prange(N):
+        for m in range(M):
+            acc = np.int64(0)
+            flag = False
+            for k in range(K):
+                x = acc + pe_product_nb(kind, np.int64(codes[n, k]), np.int64(acts[m, k]), code_bits)
+                acc = min(max(x, lo), hi)
+                flag |= acc != x
+            out[m, n] = acc
+            ovf[m, n] = flag
+
+
+class PreparedWeights:
+    """Codes of one weight matrix, validated once and laid out for the kernels (reuse it across calls)."""
+
+    def __init__(self, codes, level_set: str | LevelSet = "pot_mnz", packed: bool = False, K: int | None = None):
+        ls = get_level_set(level_set)
+        self.level_set = ls.name
+        self.kind, self.code_bits = pe_kind(ls)
+        c = _as_numpy(codes, "codes")
+        if c.ndim != 2:
+            raise QiftError(f"codes must be 2-D [N, K] (or packed [N, ceil(K/4)]), got shape {c.shape}")
+        if c.dtype != np.uint8:
+            raise QiftError(f"codes must be uint8, got {c.dtype}")
+        if packed:
+            if self.code_bits != 2:
+                raise QiftError(f"packed codes are 2-bit; level set {ls.name!r} has {self.code_bits}-bit codes")
+            K = c.shape[1] * 4 if K is None else int(K)
+            if not 0 <= K <= c.shape[1] * 4:
+                raise QiftError(f"packed rows hold {c.shape[1] * 4} codes, K={K} does not fit")
+            self._packed = np.ascontiguousarray(c)
+            self._codes = None
+        else:
+            if K is not None and K != c.shape[1]:
+                raise QiftError(f"codes have K={c.shape[1]} but K={K} was given")
+            if c.size and int(c.max()) >= 2**self.code_bits:
+                raise QiftError(f"a code exceeds {self.code_bits} bits (max {int(c.max())}); codes must be unpacked "
+                                "one per byte, or pass packed=True")
+            K = c.shape[1]
+            self._packed = None
+            self._codes = np.ascontiguousarray(c)
+        self.N, self.K = int(c.shape[0]), int(K)
+        self.max_product = max(abs(int(pe_product_nb.py_func(self.kind, code, -8, self.code_bits)))
+                               for code in range(2**self.code_bits))
+        self._planes: bitplane.WeightPlanes | None = None
+
+    @property
+    def codes(self) -> np.ndarray:
+        """One code per byte, uint8 [N, K]."""
+        if self._codes is None:
+            import torch
+
+            self._codes = unpack_codes(torch.from_numpy(self._packed), self.K).numpy()
+        return self._codes
+
+    @property
+    def planes(self) -> bitplane.WeightPlanes:
+        """Bit-plane layout for the fast kernel (built on first use)."""
+        if self.kind == MULT:
+            raise QiftError(f"the bit-plane kernel covers the 2-bit sets only, not {self.level_set!r}")
+        if self._planes is None:
+            if self._packed is not None:
+                self._planes = bitplane.weight_planes(self._packed, self.level_set, self.K, packed=True)
+            else:
+                self._planes = bitplane.weight_planes(self._codes, self.level_set)
+        return self._planes
+
+
+def prepare_weights(codes, level_set: str | LevelSet = "pot_mnz", packed: bool = False,
+                    K: int | None = None) -> PreparedWeights:
+    """Validate and lay out a weight matrix once (``matmul`` accepts the result in place of the codes)."""
+    pw = PreparedWeights(codes, level_set, packed, K)
+    if pw.kind != MULT:
+        _ = pw.planes
+    return pw
+
+
+def _as_numpy(x, what: str) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    raise QiftError(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def _bits_needed(K: int, max_prod: int) -> int:
+    return int(K * max_prod).bit_length() + 1
+
+
+def check_acts(acts, act_bits: int = formats.ACT_BITS) -> np.ndarray:
+    """Validate INT4 activations: integer 2-D [M, K] within [-8, 7]; returns int8, C-contiguous."""
+    a = _as_numpy(acts, "acts")
+    if a.ndim != 2:
+        raise QiftError(f"acts must be 2-D [M, K], got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise QiftError(f"acts must be an integer array (INT4 values in int8), got {a.dtype}")
+    lo, hi = -(2 ** (act_bits - 1)), 2 ** (act_bits - 1) - 1
+    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+        raise QiftError(f"acts must lie in [{lo}, {hi}] (INT{act_bits}), got [{int(a.min())}, {int(a.max())}]")
+    return np.ascontiguousarray(a, dtype=np.int8)
+
+
+def matmul(acts, codes, level_set: str | LevelSet = "pot_mnz", acc_bits: int = formats.ACC_BITS,
+           overflow: str = "saturate", *, packed: bool = False, K: int | None = None,
+           return_overflow: bool = False, kernel: str = "auto"):
+    """Integer accumulators acts @ W^T, int64 [M, N], as the hardware computes them.
+
+    acts: int8 [M, K] in [-8, 7]. codes: uint8 [N, K] one code per byte (bit 1 = negative, bit 0 = larger
+    magnitude), packed [N, ceil(K/4)] with ``packed=True`` (then ``K`` if it is not a multiple of 4), or a
+    ``PreparedWeights``. Accumulation: ``acc_bits`` wide, saturating in ascending k (formats.saturating_dot).
+    overflow: "saturate" (clamped values; a SaturationWarning unless ``return_overflow``) or "error" (QiftError).
+    return_overflow: also return the bool [M, N] mask of accumulators that saturated.
+    kernel: "auto" (bit planes when no overflow is possible, else the PE kernel), "bitplane" or "pe".
+    """
+    if overflow not in formats.OVERFLOW_POLICIES:
+        raise QiftError(f"unknown overflow policy {overflow!r}; use one of {', '.join(formats.OVERFLOW_POLICIES)}")
+    if kernel not in KERNELS:
+        raise QiftError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+    lo, hi = formats.acc_range(acc_bits)
+    pw = codes if isinstance(codes, PreparedWeights) else PreparedWeights(codes, level_set, packed, K)
+    if isinstance(codes, PreparedWeights) and get_level_set(level_set).name != pw.level_set:
+        raise QiftError(f"prepared weights are {pw.level_set!r} but level_set={get_level_set(level_set).name!r}")
+    a = check_acts(acts)
+    if a.shape[1] != pw.K:
+        raise QiftError(f"acts have K={a.shape[1]} columns but the weights have K={pw.K}")
+    M, N = a.shape[0], pw.N
+    max_prod = pw.max_product
+    safe = pw.K * max_prod <= hi
+    use_bitplane = kernel == "bitplane" or (kernel == "auto" and safe and pw.kind != MULT)
+    if use_bitplane:
+        if not safe:
+            raise QiftError(f"kernel='bitplane' needs an accumulator that cannot overflow (K={pw.K} needs "
+                            f"{_bits_needed(pw.K, max_prod)} bits, got {acc_bits}); use kernel='pe'")
+        out = bitplane.gemm(a, pw.planes)
+        ovf = np.zeros((M, N), dtype=bool)
+    else:
+        out = np.empty((M, N), dtype=np.int64)
+        ovf = np.empty((M, N), dtype=bool)
+        if M and N:
+            _pe_gemm(a, pw.codes, pw.kind, pw.code_bits, lo, hi, out, ovf)
+    n_ovf = int(ovf.sum())
+    if n_ovf and overflow == "error":
+        raise QiftError(f"{n_ovf} of {M * N} accumulators overflow {acc_bits} bits; use a wider accumulator "
+                        f"(K={pw.K} needs {_bits_needed(pw.K, max_prod)} bits to be safe)")
+    if return_overflow:
+        return out, ovf
+    if n_ovf:
+        warnings.warn(f"{n_ovf} of {M * N} accumulators saturated at {acc_bits} bits", SaturationWarning,
+                      stacklevel=2)
+    return out

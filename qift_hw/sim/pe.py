@@ -1,0 +1,59 @@
+"""The processing element: decode a weight code and add weight x activation with sign, shift and add only.
+
+One integer function describes the PE datapath for every level set; it runs unchanged on Python ints, NumPy
+arrays (the cycle-stepped array) and inside Numba kernels (`pe_product_nb`). The multiplier PEs for INT4/INT8
+weights (the baselines the shift-add PE is compared with) are the only place a `*` appears.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from qift_hw import formats
+from qift_hw.errors import QiftError
+from qift_hw.levels import LevelSet, get_level_set
+
+POT_MNZ, MNZ, PM12, STD, MULT = 0, 1, 2, 3, 4
+_KIND_OF_SET = {"pot_mnz": POT_MNZ, "mnz": MNZ, "pm12": PM12, "std": STD}
+
+
+def pe_kind(level_set: str | LevelSet) -> tuple[int, int]:
+    """(PE kind, weight code bits) for a level set: the shift-add kinds, or MULT for int3/int4/int8 baselines."""
+    ls = get_level_set(level_set)
+    if ls.name in _KIND_OF_SET:
+        return _KIND_OF_SET[ls.name], formats.WEIGHT_CODE_BITS
+    if ls.kind == "integer" and ls.bits <= 8:
+        return MULT, ls.bits
+    raise QiftError(
+        f"level set {ls.name!r} has no integer PE (its levels are not integers times one scale); "
+        f"use one of {', '.join(formats.HW_LEVEL_SETS)}, or int3/int4/int8 for the multiplier baselines"
+    )
+
+
+def pe_product(kind, code, a, code_bits=2):
+    """Integer weight(code) x activation a, as the PE computes it (works on ints and integer arrays).
+
+    PoT-MNZ: a << (2 * bit0); MNZ: a + ((a << 1) if bit0); pm12: a << bit0; std: 0 for code 0, a << 1 for
+    code 2, else a. Then bit 1 (the sign) negates by two's complement, (v ^ s) - s with s = 0 or -1.
+    MULT: sign-extended code_bits-wide two's complement weight times a (a real multiplier).
+    """
+    if kind == MULT:
+        half = 1 << (code_bits - 1)
+        return ((code ^ half) - half) * a
+    b0 = code & 1
+    b1 = (code >> 1) & 1
+    if kind == POT_MNZ:
+        mag = a << (b0 << 1)
+    elif kind == MNZ:
+        mag = a + ((a << 1) & -b0)
+    elif kind == PM12:
+        mag = a << b0
+    else:
+        mag = (a << (b1 & (b0 ^ 1))) & -(b0 | b1)
+    s = -b1
+    return (mag ^ s) - s
+
+
+pe_product_nb = njit(inline="always", cache=True)(pe_product)
+"""The same PE function compiled for use inside Numba kernels."""

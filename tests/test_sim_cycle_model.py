@@ -1,0 +1,77 @@
+"""Cycle and traffic model: closed forms against the cycle-stepped array, model totals, and the estimate CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from qift_hw.cli.app import app
+from qift_hw.errors import QiftError
+from qift_hw.sim.array import array_gemm
+from qift_hw.sim.cycle_model import HwConfig, gemm_row, had_cycles, model_report, ws_m_tile
+from qift_hw.sim.model_shapes import BUILTIN, load_model_shape
+
+
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+@pytest.mark.parametrize("M,K,N,R,C", [(5, 9, 7, 4, 3), (1, 16, 8, 4, 4), (9, 5, 3, 2, 5)])
+def test_gemm_row_cycles_equal_stepped_array(dataflow, M, K, N, R, C):
+    # SRAMs sized so that the WS chunking really splits M (m_tile = 4 rows of C 32-bit partial sums)
+    hw = HwConfig(rows=R, cols=C, dataflow=dataflow, out_sram_kib=4 * C * 4 / 1024)
+    row = gemm_row("g", M, K, N, 2, hw)
+    mt = ws_m_tile(M, K, hw) if dataflow == "ws" else None
+    rng = np.random.default_rng(M + K)
+    _, _, cycles = array_gemm(rng.integers(-8, 8, (M, K)), rng.integers(0, 4, (N, K)), R, C, dataflow, m_tile=mt)
+    assert row.compute_cycles == cycles
+    assert row.macs == M * K * N
+    assert 0 < row.util <= 1
+
+
+def test_model_report_totals_and_formats():
+    shape = BUILTIN["smollm2"]
+    hw = HwConfig(dataflow="os", dram_gbps=16)
+    reps = {b: model_report(shape, hw, b, "decode", seq=256) for b in (2, 4, 8)}
+    lin_macs = sum(K * N for _, K, N, _ in shape.linears()) * shape.layers
+    rows = reps[2]["rows"]
+    assert sum(r["macs"] * r["count"] for r in rows if r["kind"] == "linear" and r["name"] != "lm_head") == lin_macs
+    w_bytes = [sum(r["dram_read_bytes"] * r["count"] for r in reps[b]["rows"] if r["kind"] == "linear")
+               for b in (2, 4, 8)]
+    assert w_bytes[0] < w_bytes[1] < w_bytes[2]
+    assert reps[2]["totals"]["cycles"] <= reps[8]["totals"]["cycles"]
+    for r in rows:
+        assert r["cycles"] == max(r["compute_cycles"], r["dram_cycles"])
+    pre = model_report(shape, HwConfig(), 2, "prefill", seq=64)
+    assert pre["totals"]["tokens"] == 64 and 0 < pre["totals"]["pe_util"] <= 1
+
+
+def test_hadamard_cycles():
+    assert had_cycles(1, 64, 64) == 1 + 1 + 6 + 1
+    assert had_cycles(10, 1536, 32) == 10 * 48 + 48 + 7 + 1 + 1
+    assert had_cycles(0, 64, 8) == 0
+
+
+def test_config_json_and_errors(tmp_path):
+    cfg = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 3, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 1000, "model_type": "llama"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    s = load_model_shape(str(tmp_path))
+    assert (s.hidden, s.intermediate, s.layers, s.heads, s.kv_heads, s.head_dim) == (256, 768, 3, 4, 2, 64)
+    with pytest.raises(QiftError, match="unknown model"):
+        load_model_shape("nope-7b")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(QiftError, match="lacks"):
+        load_model_shape(str(tmp_path / "bad.json"))
+    with pytest.raises(QiftError):
+        HwConfig(dataflow="rs")
+
+
+def test_estimate_cli(tmp_path):
+    out = tmp_path / "est.json"
+    res = CliRunner().invoke(app, ["estimate", "--model", "smollm2", "--array", "16x16", "--seq", "64",
+                                   "--dataflow", "os", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Totals" in res.output and out.is_file()
+    data = json.loads(out.read_text())
+    assert set(data["reports"]) == {f"{f}_{p}" for f in ("w2", "w4", "w8") for p in ("prefill", "decode")}
+    bad = CliRunner().invoke(app, ["estimate", "--array", "32by32", "--out", str(out)])
+    assert bad.exit_code != 0

@@ -1,0 +1,118 @@
+"""The integer model against the PyTorch pipeline (fake quantization) on quantized LLaMA-family models.
+
+Per linear: the integer accumulators equal the int64 product of the pipeline's INT4 activations and the level
+set's integer weights, computed independently in torch; the dequantized outputs match the fake-quant outputs
+within the FP32 rounding bound (K + 4) * 2^-24 * s_a * s_w' * sum_k |q_k| |w_k| (docs/formats.md). Whole model:
+logits and perplexity of the simulated model against the fake-quant model.
+"""
+
+import math
+
+import pytest
+import torch
+
+from qift_hw import formats
+from qift_hw.cli.sim_backend import install_sim_backend, remove_sim_backend
+from qift_hw.evaluate import evaluate_ppl
+from qift_hw.hadamard import hadamard_transform
+from qift_hw.levels import get_level_set
+from qift_hw.models import iter_linears, tiny_llama
+from qift_hw.pipeline import QuantConfig, quantize_model
+from qift_hw.sim.linear import SimLinear
+
+U = 2.0**-24
+
+
+def quantized_tiny(levels, seed=3):
+    calib = torch.randint(0, 256, (6, 32), generator=torch.Generator().manual_seed(1))
+    model = tiny_llama(seed=seed, layers=2, hidden=64, intermediate=192)
+    cfg = QuantConfig(levels=levels, method="gptq", calib_windows=6, calib_seqlen=32, batch_size=6, blocksize=16)
+    qm = quantize_model(model, None, cfg, calib=calib, progress=False)
+    return qm, calib
+
+
+def check_linear(name, lin, ql, x):
+    """One layer: exact accumulators, and outputs within the FP32 bound of the fake-quant forward."""
+    ls = get_level_set(ql.level_set)
+    xin = hadamard_transform(x, normalize=True) if lin.online_hadamard else x
+    q, s_a = formats.quantize_act(xin)
+    w_int = torch.round(ls.decode(ql.codes) / formats.weight_unit(ls)).long()
+    acc_ref = q.long() @ w_int.T
+    sim = SimLinear.from_codes(ql.codes, ql.params.scale, ls.name, online_hadamard=lin.online_hadamard,
+                               bias=lin.bias, hadamard="float")
+    q_sim, s_sim = sim.quantize_input(x)
+    assert torch.equal(q_sim, q) and torch.equal(s_sim, s_a), name
+    acc = torch.from_numpy(sim.accumulate(q_sim))
+    assert torch.equal(acc, acc_ref), name
+    y_sim = sim(x)
+    y_fq = lin(x)
+    sw = formats.weight_scale_eff(ql.params.scale, ls)
+    bound = (x.shape[-1] + 4) * U * s_a * sw * (q.abs().double() @ w_int.abs().T.double()).float()
+    if lin.bias is not None:
+        bound = bound + 2 * U * (y_fq.abs() + lin.bias.abs())
+    assert torch.all((y_sim - y_fq).abs() <= bound + 1e-30), (name, float(((y_sim - y_fq).abs() - bound).max()))
+
+
+@pytest.mark.parametrize("levels", ["pot_mnz", "mnz", "std"])
+def test_every_linear_matches_fake_quant(levels):
+    qm, calib = quantized_tiny(levels)
+    inputs = {}
+    hooks = [lin.register_forward_pre_hook(lambda m, a, n=name: inputs.__setitem__(n, a[0].reshape(-1, m.in_features)))
+             for name, lin in iter_linears(qm.model)]
+    with torch.no_grad():
+        qm.model(input_ids=calib[:2], use_cache=False)
+    for h in hooks:
+        h.remove()
+    assert len(inputs) == 14
+    with torch.no_grad():
+        for name, lin in iter_linears(qm.model):
+            check_linear(name, lin, qm.weights[name], inputs[name])
+
+
+# "unit": the Hadamard unit's 16-bit input mantissas move about 1 in 4000 INT4 codes that sit within ~1e-3 of a
+# rounding boundary (test_sim_hadamard_unit); in this 2-layer random model with 192-wide rows that moves the
+# perplexity by about 1%. "float" uses the pipeline's own INT4 codes: only FP32 rounding differs.
+@pytest.mark.parametrize("hadamard,tol", [("float", 1e-5), ("unit", 2e-2)])
+def test_sim_backend_perplexity(hadamard, tol):
+    qm, calib = quantized_tiny("pot_mnz", seed=4)
+    evalw = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref_logits = qm.model(input_ids=evalw[:1], use_cache=False).logits
+        ppl_ref = evaluate_ppl(qm.model, evalw, progress=False)
+        names = install_sim_backend(qm.model, qm.weights, hadamard=hadamard)
+        assert len(names) == 14
+        sim_logits = qm.model(input_ids=evalw[:1], use_cache=False).logits
+        ppl_sim = evaluate_ppl(qm.model, evalw, progress=False)
+        assert remove_sim_backend(qm.model) == 14
+        assert torch.equal(qm.model(input_ids=evalw[:1], use_cache=False).logits, ref_logits)
+    assert math.isfinite(ppl_sim)
+    assert abs(ppl_sim - ppl_ref) / ppl_ref < tol, (ppl_sim, ppl_ref)
+    assert float((sim_logits - ref_logits).abs().max()) < (1e-3 if hadamard == "float" else 0.5)
+
+
+@pytest.mark.slow
+def test_smollm2_every_w2_linear_and_perplexity(smollm2):
+    """Real model: SmolLM2-135M rotated, A4 KV4, the last two layers W2 (RTN, max-abs scales, for speed), the rest
+    float: every W2 linear exact and within the bound, and the same perplexity. With all 30 layers at RTN W2 the
+    model is destroyed (perplexity ~4e6) and chaotic: FP32 rounding alone then moves its perplexity by 10-100 %
+    (sw/check_sim_pipeline.py measures that, and the all-layer GPTQ case)."""
+    import copy
+
+    from qift_hw.cli.sim_backend import compare_linears
+    from qift_hw.data import eval_windows
+
+    model, tok = smollm2
+    model = copy.deepcopy(model)
+    cfg = QuantConfig(levels="pot_mnz", method="rtn", scale_method="maxabs", w2_layers="last:2", other_bits=16)
+    qm = quantize_model(model, tok, cfg, progress=False)
+    evalw = eval_windows(tok, "pydoc", 128, 2)
+    rows = compare_linears(qm.model, qm.weights, evalw[:1], hadamard="unit")
+    assert len(rows) == 2 * 7
+    assert all(r["acc_exact"] for r in rows)
+    assert max(r["max_diff_over_bound"] for r in rows) <= 1.0
+    assert max(r["unit_codes_moved"] for r in rows if "unit_codes_moved" in r) < 1e-3
+    ppl_ref = evaluate_ppl(qm.model, evalw, progress=False)
+    install_sim_backend(qm.model, qm.weights, hadamard="float")
+    ppl_sim = evaluate_ppl(qm.model, evalw, progress=False)
+    remove_sim_backend(qm.model)
+    assert abs(ppl_sim - ppl_ref) / ppl_ref < 1e-4
