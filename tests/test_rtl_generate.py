@@ -23,7 +23,8 @@ def test_lanes_roundtrip(n, bits, signed, data):
 
 
 def test_files_and_headers(tmp_path):
-    tops = [pe_top("mnz", 24), array_top("os", 3, 2, "std", 20), hadamard_top(24, 12)]
+    tops = [pe_top("mnz", 24), array_top("os", 3, 2, "std", 20), hadamard_top(24, 12),
+            hadamard_top(16, quantize=True)]
     for t in tops:
         path = write_top(t, tmp_path)
         text = path.read_text()
@@ -41,7 +42,7 @@ def test_files_and_headers(tmp_path):
 @pytest.mark.skipif(simulator_available("verilator") is not None, reason="Verilator not installed")
 def test_verilator_lint_clean(tmp_path):
     for t in [pe_top("pot_mnz"), pe_top("int8"), array_top("ws", 2, 3), array_top("os", 3, 2, "int4"),
-              hadamard_top(24)]:
+              hadamard_top(24), hadamard_top(16, quantize=True)]:
         assert lint(write_top(t, tmp_path), t.name) == []
 
 
@@ -86,6 +87,6 @@ def test_cli_generate_writes_and_lints(monkeypatch, capsys, tmp_path):
                           "--out", str(tmp_path))
     assert code == 0, out + err
     names = sorted(p.name for p in tmp_path.glob("*.v"))
-    assert names == ["qift_array_ws_2x3_pot_mnz_a32.v", "qift_hadamard_16_i16.v", "qift_pe_pot_mnz_a32.v"]
+    assert names == ["qift_array_ws_2x3_pot_mnz_a32.v", "qift_hadamard_q4_16_i16.v", "qift_pe_pot_mnz_a32.v"]
     if simulator_available("verilator") is None:
         assert out.count("lint: clean") == 3
