@@ -16,35 +16,41 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 
-@contextmanager
-def float64_linears(model):
-    """Run every QLinear's product in float64 (then back to float32): how much FP32 rounding alone moves the
-    perplexity of this model."""
+def code_flips(model, weights, ids) -> list[dict]:
+    """Per QLinear: how far its input drifts, and how many of its INT4 codes move, when the W2 linears run in
+    the integer model (float Hadamard) instead of the fake-quant path, on the same tokens."""
     import torch
-    from torch.nn import functional as F
 
+    from qift_hw import formats
+    from qift_hw.cli.sim_backend import install_sim_backend, remove_sim_backend
+    from qift_hw.hadamard import hadamard_transform
     from qift_hw.qmodel import iter_qlinears
 
-    def fwd(q):
-        def forward(x):
-            xq = q.transform_input(x)
-            b = None if q.bias is None else q.bias.double()
-            return F.linear(xq.double(), q.effective_weight().double(), b).to(x.dtype)
-        return forward
-
-    qls = [q for _, q in iter_qlinears(model)]
-    for q in qls:
-        q.forward = fwd(q)
-    try:
+    def capture():
+        seen, hooks = {}, []
+        for name, q in iter_qlinears(model):
+            hooks.append(q.register_forward_pre_hook(
+                lambda m, a, n=name: seen.__setitem__(n, a[0].detach().reshape(-1, m.in_features).clone())))
         with torch.no_grad():
-            yield
-    finally:
-        for q in qls:
-            del q.forward
+            model(input_ids=ids, use_cache=False)
+        for h in hooks:
+            h.remove()
+        return seen
+
+    ref = capture()
+    install_sim_backend(model, weights, hadamard="float")
+    sim = capture()
+    remove_sim_backend(model)
+    rows = []
+    for name, q in iter_qlinears(model):
+        xs = [hadamard_transform(x, normalize=True) if q.online_hadamard else x for x in (ref[name], sim[name])]
+        (qa, _), (qb, _) = (formats.quantize_act(x, q.a_bits, q.a_clip) for x in xs)
+        rows.append({"layer": name, "input_rel_diff": float((ref[name] - sim[name]).norm() / ref[name].norm()),
+                     "codes_moved": float((qa != qb).float().mean())})
+    return rows
 
 
 def main() -> None:
@@ -61,12 +67,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--run-dir", type=Path, default=Path("out/sim_check_run"))
     ap.add_argument("--out", type=Path, default=Path("docs/results/sim_vs_pipeline.json"))
+    ap.add_argument("--flips-only", action="store_true",
+                    help="only add the per-layer INT4 code movement (fake-quant vs sim) to an existing --out JSON")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
 
-    from qift_hw.cli.sim_backend import compare_linears, install_sim_backend, remove_sim_backend
+    from qift_hw.cli.sim_backend import compare_linears, float64_linears, install_sim_backend, remove_sim_backend
     from qift_hw.data import eval_windows
     from qift_hw.evaluate import evaluate_ppl
     from qift_hw.io import write_json
@@ -83,6 +91,16 @@ def main() -> None:
     t_quant = time.perf_counter() - t0
     evalw = eval_windows(tok, "pydoc", args.seqlen, args.windows)
 
+    flips = code_flips(qm.model, qm.weights, evalw[:1])
+    if args.flips_only:
+        import json
+
+        data = json.loads(args.out.read_text())
+        data["code_flips"] = flips
+        write_json(args.out, data)
+        print(f"first layer with moved codes: {next((r['layer'] for r in flips if r['codes_moved']), None)}; "
+              f"wrote {args.out}")
+        return
     rows = compare_linears(qm.model, qm.weights, evalw[:1], hadamard="unit")
     print(f"{len(rows)} W2 linears: accumulators exact in {sum(r['acc_exact'] for r in rows)}; "
           f"worst |diff| / bound = {max(r['max_diff_over_bound'] for r in rows):.3f}")
@@ -113,7 +131,7 @@ def main() -> None:
                                       "worst_diff_over_bound": max(r["max_diff_over_bound"] for r in rows),
                                       "mean_unit_codes_moved": sum(moved) / len(moved) if moved else None,
                                       "rows": rows},
-                          "perplexity": res})
+                          "perplexity": res, "code_flips": flips})
     print(f"wrote {args.out}")
 
 

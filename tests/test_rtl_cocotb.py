@@ -26,7 +26,8 @@ def _cases() -> dict:
 FULL = list(_cases())
 QUICK = FULL[:4]
 """default_cases(quick=True) is the first four cases of the full suite, with the same stimulus."""
-SLOW = {"pe_mnz", "pe_pm12", "pe_std", "pe_int4", "ws_random_pm12", "os_random_mnz", "hadamard_16"}
+SLOW = {"pe_mnz", "pe_pm12", "pe_std", "pe_int4", "ws_random_pm12", "os_random_mnz", "hadamard_16",
+        "hadamard_q4_small_16"}
 """Variants whose RTL the Amaranth tests already cover exhaustively; on Icarus they run with `make test-slow`."""
 
 

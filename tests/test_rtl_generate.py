@@ -23,8 +23,7 @@ def test_lanes_roundtrip(n, bits, signed, data):
 
 
 def test_files_and_headers(tmp_path):
-    tops = [pe_top("mnz", 24), array_top("os", 3, 2, "std", 20), hadamard_top(24, 12),
-            hadamard_top(16, quantize=True)]
+    tops = [pe_top("mnz", 24), array_top("os", 3, 2, "std", 20), hadamard_top(24, 12)]
     for t in tops:
         path = write_top(t, tmp_path)
         text = path.read_text()

@@ -75,3 +75,16 @@ def test_estimate_cli(tmp_path):
     assert set(data["reports"]) == {f"{f}_{p}" for f in ("w2", "w4", "w8") for p in ("prefill", "decode")}
     bad = CliRunner().invoke(app, ["estimate", "--array", "32by32", "--out", str(out)])
     assert bad.exit_code != 0
+
+
+def test_estimate_cli_with_pe_areas(tmp_path):
+    rows = [{"what": "pe", "params": {"kind": k, "acc_bits": 32}, "generic_cells": c, "ice40_lut4": c // 3}
+            for k, c in (("pot_mnz", 300), ("int4", 400), ("int8", 700))]
+    area = tmp_path / "area.json"
+    area.write_text(json.dumps({"rows": rows}))
+    out = tmp_path / "est.json"
+    res = CliRunner().invoke(app, ["estimate", "--array", "8x8", "--seq", "16", "--area-json", str(area),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    per = json.loads(out.read_text())["pe_area"]["per_format"]
+    assert per["w2"]["array_generic_cells"] == 300 * 64 and per["w8"]["pe"] == "int8"

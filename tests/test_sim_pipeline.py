@@ -93,12 +93,13 @@ def test_sim_backend_perplexity(hadamard, tol):
 @pytest.mark.slow
 def test_smollm2_every_w2_linear_and_perplexity(smollm2):
     """Real model: SmolLM2-135M rotated, A4 KV4, the last two layers W2 (RTN, max-abs scales, for speed), the rest
-    float: every W2 linear exact and within the bound, and the same perplexity. With all 30 layers at RTN W2 the
-    model is destroyed (perplexity ~4e6) and chaotic: FP32 rounding alone then moves its perplexity by 10-100 %
-    (sw/check_sim_pipeline.py measures that, and the all-layer GPTQ case)."""
+    float: every W2 linear exact and within the bound. Perplexity: INT4 re-quantization of every linear input turns
+    one-ulp differences into moved codes downstream (docs/sim.md), so the simulated model may differ from the
+    fake-quant one about as much as the fake-quant model differs from itself with float64 products (the control).
+    """
     import copy
 
-    from qift_hw.cli.sim_backend import compare_linears
+    from qift_hw.cli.sim_backend import compare_linears, float64_linears
     from qift_hw.data import eval_windows
 
     model, tok = smollm2
@@ -112,7 +113,9 @@ def test_smollm2_every_w2_linear_and_perplexity(smollm2):
     assert max(r["max_diff_over_bound"] for r in rows) <= 1.0
     assert max(r["unit_codes_moved"] for r in rows if "unit_codes_moved" in r) < 1e-3
     ppl_ref = evaluate_ppl(qm.model, evalw, progress=False)
+    with float64_linears(qm.model):
+        ppl_64 = evaluate_ppl(qm.model, evalw, progress=False)
     install_sim_backend(qm.model, qm.weights, hadamard="float")
     ppl_sim = evaluate_ppl(qm.model, evalw, progress=False)
     remove_sim_backend(qm.model)
-    assert abs(ppl_sim - ppl_ref) / ppl_ref < 1e-4
+    assert abs(ppl_sim - ppl_ref) <= max(2e-3 * ppl_ref, 3 * abs(ppl_64 - ppl_ref)), (ppl_sim, ppl_ref, ppl_64)

@@ -8,7 +8,8 @@ online Hadamard (Hadamard unit), INT4 quantizer, sign/shift/add accumulation, FP
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 SIM_ATTR = "_qift_sim"
 
@@ -128,3 +129,31 @@ def compare_linears(model: Any, weights: dict, input_ids: Any, hadamard: str = "
                 row["unit_scale_rel_diff"] = float(((s_u - s_a).abs() / s_a).max())
             rows.append(row)
     return rows
+
+
+@contextmanager
+def float64_linears(model: Any) -> Iterator[None]:
+    """Within the block, every QLinear computes its fake-quant product in float64 (then back to the input dtype):
+    a control for how much FP32 rounding alone moves a quantized model's outputs."""
+    import torch
+    from torch.nn import functional as F
+
+    from qift_hw.qmodel import iter_qlinears
+
+    def make(q):
+        def forward(x):
+            xq = q.transform_input(x)
+            b = None if q.bias is None else q.bias.double()
+            return F.linear(xq.double(), q.effective_weight().double(), b).to(x.dtype)
+
+        return forward
+
+    qls = [q for _, q in iter_qlinears(model)]
+    for q in qls:
+        q.forward = make(q)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for q in qls:
+            del q.forward

@@ -7,7 +7,7 @@ drive a whole vector with one write.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 
 def pack_lanes(values: Iterable[int], bits: int) -> int:
@@ -28,8 +28,3 @@ def unpack_lanes(word: int, n: int, bits: int, signed: bool = True) -> list[int]
         v = (int(word) >> (i * bits)) & mask
         out.append(v - (1 << bits) if signed and v & half else v)
     return out
-
-
-def lane(values: Sequence[int], i: int) -> int:
-    """Lane ``i`` of a sequence, 0 past its end (the padding value of the protocol)."""
-    return int(values[i]) if i < len(values) else 0

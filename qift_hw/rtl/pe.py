@@ -117,7 +117,8 @@ def saturating_add(m: Module, acc: Value, term: Value, neg: Value, acc_bits: int
 
 
 def silence_unused(component) -> None:
-    """Mark a component whose constructor is rejecting its arguments, so Amaranth does not warn it went unused."""
+    """Exempt a component from Amaranth's "created but never used" warning: for a constructor that rejects its
+    arguments, or a component built only to read its port layout."""
     component._MustUse__silence = True
 
 

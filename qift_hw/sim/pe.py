@@ -7,7 +7,6 @@ weights (the baselines the shift-add PE is compared with) are the only place a `
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 from qift_hw import formats
