@@ -316,14 +316,14 @@ def pack_codes(codes: torch.Tensor | np.ndarray, bits: int = 2) -> torch.Tensor:
     c = torch.as_tensor(codes)
     if c.dtype != torch.uint8:
         raise QiftError(f"codes must be uint8, got {c.dtype}")
-    if int(c.max(initial=0) if isinstance(c, np.ndarray) else c.max()) >= 2**bits if c.numel() else False:
+    if c.numel() and int(c.max()) >= 2**bits:
         raise QiftError(f"a code does not fit in {bits} bits")
     per = 8 // bits
     K = c.shape[-1]
     pad = (-K) % per
     if pad:
         c = torch.nn.functional.pad(c, (0, pad))
-    c = c.reshape(*c.shape[:-1], -1, per).to(torch.int32)
+    c = c.reshape(*c.shape[:-1], (K + pad) // per, per).to(torch.int32)
     shifts = torch.arange(per, device=c.device, dtype=torch.int32) * bits
     return (c << shifts).sum(dim=-1).to(torch.uint8)
 
@@ -338,7 +338,7 @@ def unpack_codes(packed: torch.Tensor, K: int, bits: int = 2) -> torch.Tensor:
         raise QiftError(f"packed rows hold {p.shape[-1] * per} codes, fewer than K={K}")
     shifts = torch.arange(per, device=p.device, dtype=torch.int32) * bits
     c = (p.to(torch.int32)[..., None] >> shifts) & (2**bits - 1)
-    return c.reshape(*p.shape[:-1], -1)[..., :K].to(torch.uint8)
+    return c.reshape(*p.shape[:-1], p.shape[-1] * per)[..., :K].to(torch.uint8)
 
 
 def relative_mse(W: torch.Tensor, level_set: str | LevelSet, method: str = "mse") -> float:

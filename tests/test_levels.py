@@ -121,6 +121,12 @@ def test_pack_roundtrip(bits, K):
     torch.testing.assert_close(unpack_codes(packed, K, bits), codes)
 
 
+def test_pack_empty_rows():
+    codes = torch.zeros(3, 0, dtype=torch.uint8)
+    assert pack_codes(codes).shape == (3, 0)
+    assert unpack_codes(pack_codes(codes), 0).shape == (3, 0)
+
+
 def test_pack_bit_layout():
     packed = pack_codes(torch.tensor([[1, 2, 3, 0, 3]], dtype=torch.uint8))
     assert packed.tolist() == [[1 | 2 << 2 | 3 << 4, 3]]
