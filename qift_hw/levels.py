@@ -253,10 +253,17 @@ def fit_params(W: torch.Tensor, level_set: str | LevelSet, method: str = "mse", 
         return base
     best_err = torch.full((W.shape[0], 1), float("inf"), device=W.device)
     best = base
+    levels = torch.as_tensor(ls.levels, dtype=Wf.dtype, device=Wf.device)
+    mids = (levels[1:] + levels[:-1]) / 2
     for c in torch.linspace(1.0, min_clip, grid).tolist():
-        p = _asym_params(Wf, c) if ls.kind == "asym" else QParams(base.scale * c)
-        _, deq = quantize(Wf, ls, p)
-        err = (deq - Wf).abs().pow(norm).sum(dim=1, keepdim=True)
+        if ls.kind == "asym":
+            p = _asym_params(Wf, c)
+            deq = (torch.clamp(torch.round(Wf / p.scale) + p.zero, 0, len(ls.levels) - 1) - p.zero) * p.scale
+        else:
+            p = QParams(base.scale * c)
+            deq = levels[torch.bucketize(Wf / p.scale, mids)] * p.scale
+        err = (deq - Wf).abs().pow(norm).sum(dim=1, keepdim=True) if norm != 2 else \
+            (deq - Wf).square().sum(dim=1, keepdim=True)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         scale = torch.where(better, p.scale, best.scale)
