@@ -26,8 +26,9 @@ def _stages(out: Path, windows: int, seqlen: int, calib: int, quick: bool) -> li
         ("4. RTL: generate Verilog", ["rtl", "generate"]),
         ("5. RTL: short cocotb verification on Icarus against the bit-accurate model",
          ["rtl", "verify", "--sim", "icarus", "--quick", "--json-out", str(out / "rtl_verify_icarus.json")]),
-        ("6. RTL: Yosys area of the PE variants", ["rtl", "area", "--sizes", "4x4" if quick else "4x4,8x8",
-                                                   "--out", str(out / "area")]),
+        ("6. RTL: Yosys area of the PE variants and a small array",
+         ["rtl", "area", "--sizes", "2x2" if quick else "2x2,4x4", "--array-kinds", "pot_mnz,int4",
+          "--pe-acc-bits", "32", "--out", str(out / "area")]),
     ]
 
 

@@ -173,8 +173,6 @@ class Int4Quantizer(wiring.Component):
             if y_bits > 25:
                 raise QiftError(f"the INT4 quantizer needs |y| <= 2^24 (exact in FP32); {y_bits}-bit y is too wide "
                                 "(use a smaller Hadamard order or input width)")
-            import numpy as np
-
             if int(np.float32(formats.ACT_CLIP).astype(np.float64) * 2**24) != FP32_CLIP_MANTISSA:
                 raise QiftError("formats.ACT_CLIP changed; update FP32_CLIP_MANTISSA in qift_hw/rtl/hadamard.py")
         except QiftError:
