@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=2048, help="evaluation window length")
     ap.add_argument("--windows", type=int, default=None, help="evaluation windows (default: all of the eval split)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-true-sequential", action="store_true",
+                    help="one Hessian pass per layer (all groups from the float-weight layer) instead of four")
     ap.add_argument("--out", default="docs/results/bench_pipeline.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,7 +68,8 @@ def main() -> None:
 
     model = copy.deepcopy(base)
     cfg = QuantConfig(levels=args.levels, method="gptq", calib_windows=args.calib_windows,
-                      calib_seqlen=args.calib_seqlen, device=args.device)
+                      calib_seqlen=args.calib_seqlen, device=args.device,
+                      true_sequential=not args.no_true_sequential)
     t0, c0 = time.perf_counter(), time.process_time()
     qm = quantize_model(model, tok, cfg, calib=calib, progress=True)
     t["quantize_total_s"], cpu["quantize_total_s"] = time.perf_counter() - t0, time.process_time() - c0
@@ -78,7 +81,7 @@ def main() -> None:
     per_window = t["eval_quant_s"] / ev.shape[0]
 
     result = {
-        "what": f"W2A4KV4 GPTQ ({args.levels}) on SmolLM2-135M, calibration {args.calib_windows} x {args.calib_seqlen} "
+        "what": f"W2A4KV4 GPTQ ({args.levels}, true_sequential={cfg.true_sequential}) on SmolLM2-135M, calibration {args.calib_windows} x {args.calib_seqlen} "
                 f"tokens, evaluation {ev.shape[0]} x {args.seqlen} tokens (pydoc eval split)",
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__, "device": args.device,

@@ -24,7 +24,7 @@ def test_smollm2_gptq_export_round_trip(smollm2, tmp_path):
 
     base, tok = smollm2
     ev = get_windows(tok, "pydoc", "eval", 256, 2)
-    calib = get_windows(tok, "pydoc", "calib", 128, 8, 0)
+    calib = get_windows(tok, "pydoc", "calib", 512, 16, 0)  # 8192 tokens: more than down_proj's 1536 inputs
     fp = evaluate_ppl(base, ev, progress=False)
 
     rotated = copy.deepcopy(base)
@@ -32,12 +32,12 @@ def test_smollm2_gptq_export_round_trip(smollm2, tmp_path):
     assert evaluate_ppl(rotated, ev, progress=False) == pytest.approx(fp, rel=1e-4)
 
     model = copy.deepcopy(base)
-    cfg = QuantConfig(levels="mnz", method="gptq", calib_windows=8, calib_seqlen=128, scale_method="maxabs")
+    cfg = QuantConfig(levels="mnz", method="gptq", calib_windows=16, calib_seqlen=512)
     qm = quantize_model(model, tok, cfg, calib=calib, progress=False)
     errs = qm.layer_errors()
     assert len(errs) == 30 and all(0 < e < 1 for e in errs)
     ppl = evaluate_ppl(model, ev, progress=False)
-    assert fp < ppl < 1e4
+    assert fp < ppl < 500  # 58 with 128 x 512 calibration tokens on 28 x 2048 evaluation tokens
 
     path = save_quantized(tmp_path / "smol.safetensors", qm, model_id="smollm2")
     reloaded, _ = load_quantized(path)

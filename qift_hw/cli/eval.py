@@ -32,6 +32,8 @@ _rseed = typer.Option(0, "--rotation-seed", help="Seed of the random Hadamard ro
 _seed = typer.Option(0, "--seed", help="Seed of the calibration window sampling.")
 _scale = typer.Option("mse", "--scale-method", help="Per-channel scale: mse (clip search) or maxabs.")
 _actord = typer.Option(False, "--act-order", help="GPTQ act-order (columns by decreasing Hessian diagonal).")
+_trueseq = typer.Option(True, "--true-sequential/--one-pass", help="Calibrate each group of a layer on the outputs "
+                        "of the already-quantized groups (4 passes per layer), or all groups from one pass.")
 _device = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 _bs = typer.Option(8, "--batch-size", help="Calibration windows per forward batch.")
 _threads = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice).")
@@ -121,7 +123,7 @@ def eval_cmd(
     windows: Optional[int] = _windows, seqlen: int = _seqlen,
     calib_windows: int = _cwin, calib_seqlen: int = _cseq, a_bits: int = _abits, kv_bits: int = _kvbits,
     a_clip: float = _aclip, kv_clip: float = _kvclip, no_rotate: bool = _norot, rotation_seed: int = _rseed,
-    seed: int = _seed, scale_method: str = _scale, act_order: bool = _actord,
+    seed: int = _seed, scale_method: str = _scale, act_order: bool = _actord, true_sequential: bool = _trueseq,
     fp: bool = typer.Option(False, "--fp", help="Also run FP, rotated FP and rotated FP with A4KV4 (float weights)."),
     int_refs: bool = typer.Option(False, "--int-refs", help="Also run W4A4KV4 and W3A4KV4 (int4/int3 weights)."),
     table: Optional[str] = typer.Option(None, "--table", help="Preset instead of --levels/--method: demo or full "
@@ -141,7 +143,8 @@ def eval_cmd(
     base = _base_config(a_bits=a_bits, kv_bits=kv_bits, a_clip=a_clip, kv_clip=kv_clip, rotate=not no_rotate,
                         rotation_seed=rotation_seed, calib_source=text, calib_windows=calib_windows,
                         calib_seqlen=calib_seqlen, seed=seed, scale_method=scale_method, act_order=act_order,
-                        w2_layers=w2_layers, other_bits=other_bits, batch_size=batch_size, device=dev)
+                        true_sequential=true_sequential, w2_layers=w2_layers, other_bits=other_bits,
+                        batch_size=batch_size, device=dev)
     if table is not None:
         points = preset_points(table, base, mixed)
     else:
@@ -204,7 +207,8 @@ def quantize_cmd(
     method: str = typer.Option("gptq", "--method", help="gptq or rtn."), w2_layers: str = _w2,
     other_bits: int = _other, calib_windows: int = _cwin, calib_seqlen: int = _cseq, a_bits: int = _abits,
     kv_bits: int = _kvbits, no_rotate: bool = _norot, rotation_seed: int = _rseed, seed: int = _seed,
-    scale_method: str = _scale, act_order: bool = _actord, device: Optional[str] = _device, batch_size: int = _bs,
+    scale_method: str = _scale, act_order: bool = _actord, true_sequential: bool = _trueseq,
+    device: Optional[str] = _device, batch_size: int = _bs,
     threads: Optional[int] = _threads, run_root: Path = _runs, fresh: bool = _fresh, progress: bool = _progress,
 ) -> None:
     """Quantize a model and save it as a safetensors checkpoint (packed codes, scales, level set, rotation seed)."""
@@ -221,7 +225,8 @@ def quantize_cmd(
     cfg = _base_config(levels=levels, method=method, w2_layers=w2_layers, other_bits=other_bits,
                        calib_windows=calib_windows, calib_seqlen=calib_seqlen, a_bits=a_bits, kv_bits=kv_bits,
                        rotate=not no_rotate, rotation_seed=rotation_seed, calib_source=text, seed=seed,
-                       scale_method=scale_method, act_order=act_order, batch_size=batch_size, device=dev)
+                       scale_method=scale_method, act_order=act_order, true_sequential=true_sequential,
+                       batch_size=batch_size, device=dev)
     cfg.validate()
     m, tok = load_model(model, device=dev)
     mid = _model_id(model)
