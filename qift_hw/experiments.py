@@ -138,11 +138,14 @@ def run_points(
     progress: bool = True,
     on_row=None,
     export: str | Path | None = None,
+    backend=None,
 ) -> list[dict]:
     """Evaluate every point on a deep copy of `base_model` (float, un-rotated, on CPU); returns result rows.
 
     on_row(row) is called after each run (e.g. to write partial results); export: save the (single) quantized
-    model of the last quantized point there.
+    model of the last quantized point there; backend(model, weights): called on each quantized model (with its QuantizedModel.weights) before its
+    evaluation (e.g. to route its linears through the integer model), returning a dict stored in the row under
+    "backend".
     """
     rows = []
     for k, point in enumerate(points):
@@ -159,8 +162,13 @@ def run_points(
                 from qift_hw.export import save_quantized
 
                 save_quantized(export, qm, model_id=model_id)
+        info = backend(model, qm.weights) if backend is not None and qm is not None else None
+        t1 = time.perf_counter()
         ppl = evaluate_ppl(model, eval_windows, device=device, progress=progress)
         row = _row(point, ppl, time.perf_counter() - t0, qm)
+        row["eval_seconds"] = time.perf_counter() - t1
+        if info is not None:
+            row["backend"] = info
         rows.append(row)
         print(f"[{k + 1}/{len(points)}] {point.label}: ppl {ppl:.3f} ({row['seconds']:.0f} s)", flush=True)
         if on_row is not None:

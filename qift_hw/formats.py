@@ -59,6 +59,12 @@ def weight_int_values(level_set: str | LevelSet) -> np.ndarray:
     return np.array(_INT_WEIGHTS[_hw_set(level_set).name][0], dtype=np.int64)
 
 
+def weight_ints(codes: torch.Tensor, level_set: str | LevelSet) -> torch.Tensor:
+    """Integer weights (int64, same shape) of uint8 2-bit codes: the value each PE adds, before the scale."""
+    table = torch.as_tensor(weight_int_values(level_set), device=codes.device)
+    return table[codes.long()]
+
+
 def weight_unit(level_set: str | LevelSet) -> float:
     """Factor from integer weight to level (0.5 for MNZ, whose levels are {+-1, +-3} / 2); folded into the scale."""
     return _INT_WEIGHTS[_hw_set(level_set).name][1]
@@ -242,6 +248,17 @@ def had_output_quant(y: torch.Tensor, exp: torch.Tensor, n: int, bits: int = ACT
 def weight_scale_eff(w_scale: torch.Tensor, level_set: str | LevelSet) -> torch.Tensor:
     """Per-output-channel FP32 scale of the integer weight: fp32(scale * unit) (unit is 1 or 1/2, so exact)."""
     return (w_scale.to(SCALE_DTYPE).reshape(-1) * weight_unit(level_set)).to(SCALE_DTYPE)
+
+
+FP32_EXACT_INT = 2**24
+"""Every integer of magnitude <= 2^24 is exact in FP32, so an FP32 dot product of integer operands whose partial
+sums stay within it is exact in any summation order (the integer-product mode of the PyTorch path relies on it)."""
+
+
+def exact_float_products(K: int, act_bits: int = ACT_BITS, max_abs_weight: int = 4) -> bool:
+    """True when a K-term FP32 dot product of INT``act_bits`` values and integer weights of magnitude
+    <= ``max_abs_weight`` is exact: K * 2^(act_bits-1) * max_abs_weight <= 2^24."""
+    return K * 2 ** (act_bits - 1) * max_abs_weight <= FP32_EXACT_INT
 
 
 def dequantize_acc(acc: torch.Tensor, act_scale: torch.Tensor, w_scale: torch.Tensor, level_set: str | LevelSet,

@@ -168,6 +168,26 @@ class QuantizedModel:
         return out
 
 
+def set_integer_products(model: nn.Module, weights: dict[str, QuantizedLinear], on: bool = True) -> list[str]:
+    """Switch the W2 linears whose level set the hardware decodes (formats.HW_LEVEL_SETS) to the integer-product
+    mode (`QLinear.set_int_weight`): INT4 codes times integer weights, then `formats.dequantize_acc`, as the
+    integer model computes them. Other layers keep the fake-quant product. Returns the names switched."""
+    from qift_hw.formats import HW_LEVEL_SETS, weight_ints
+    from qift_hw.qmodel import iter_qlinears
+
+    done = []
+    for name, q in iter_qlinears(model):
+        ql = weights.get(name)
+        if ql is None or ql.level_set not in HW_LEVEL_SETS:
+            continue
+        if on:
+            q.set_int_weight(weight_ints(ql.codes, ql.level_set), ql.params.scale, ql.level_set)
+        else:
+            q.set_int_weight(None)
+        done.append(name)
+    return done
+
+
 class _Stop(Exception):
     """Raised from a capture hook to end a layer's forward once the wanted input was seen."""
 

@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from qift_hw.errors import QiftError
-from qift_hw.formats import ACT_CLIP, KV_CLIP, fake_quant_act, fake_quant_kv
+from qift_hw.formats import (ACT_CLIP, KV_CLIP, dequantize_acc, exact_float_products, fake_quant_act, fake_quant_kv,
+                             quantize_act)
 from qift_hw.hadamard import hadamard_transform
 from qift_hw.models import iter_linears
 
@@ -41,7 +42,8 @@ class QLinear(nn.Linear):
 
     It shares the Parameters of the nn.Linear it wraps, so state_dict keys and values are unchanged.
     Attributes: `online_hadamard` (bool), `a_bits` (16 = float), `a_clip`, `qweight` (None or a dequantized weight
-    used instead of `weight`; a non-persistent buffer, so it moves with `.to()`), `capture` (None or a callable that
+    used instead of `weight`; a non-persistent buffer, so it moves with `.to()`), `int_weight` / `int_scale` /
+    `int_level_set` (set by `set_int_weight`: the integer-product mode), `capture` (None or a callable that
     receives the 2-D [tokens, in_features] input exactly as the weight sees it), `name`.
     """
 
@@ -57,6 +59,33 @@ class QLinear(nn.Linear):
         self.a_clip = ACT_CLIP
         self.capture: Callable[[torch.Tensor], None] | None = None
         self.register_buffer("qweight", None, persistent=False)
+        self.register_buffer("int_weight", None, persistent=False)
+        self.register_buffer("int_scale", None, persistent=False)
+        self.int_level_set: str | None = None
+
+    def set_int_weight(self, weight: torch.Tensor | None, scale: torch.Tensor | None = None,
+                       level_set: str | None = None) -> None:
+        """Integer-product mode: y = formats.dequantize_acc(q_act @ weight^T, s_act, scale, level_set, bias).
+
+        `weight` holds the integer weight values [N, K] (e.g. PoT-MNZ -4..4), `scale` the per-row scale and
+        `level_set` the set's name, exactly as the hardware sees them. The INT4 activation codes are multiplied by
+        the integer weights in FP32, which is exact here (checked: every partial sum is an integer below 2^24), so
+        the accumulators, and after `dequantize_acc` the outputs, equal the integer model's bit for bit. The float
+        weight and any `qweight` are ignored while this is set; None switches it off.
+        """
+        if weight is None:
+            self.int_weight, self.int_scale, self.int_level_set = None, None, None
+            return
+        if tuple(weight.shape) != tuple(self.weight.shape) or scale is None or scale.numel() != self.out_features:
+            raise QiftError(f"{self.name}: integer weight {tuple(weight.shape)} with {None if scale is None else scale.numel()} "
+                            f"scales does not fit a {self.out_features}x{self.in_features} layer")
+        if self.a_bits == FLOAT_BITS:
+            raise QiftError(f"{self.name}: the integer-product mode needs quantized activations (a_bits < 16)")
+        if not exact_float_products(self.in_features, self.a_bits, int(weight.abs().max())):
+            raise QiftError(f"{self.name}: K={self.in_features} is too large for exact FP32 integer products")
+        self.int_weight = weight.detach().to(device=self.weight.device, dtype=torch.float32)
+        self.int_scale = scale.detach().reshape(-1).to(device=self.weight.device, dtype=torch.float32)
+        self.int_level_set = level_set
 
     def set_qweight(self, weight: torch.Tensor | None) -> None:
         """Use `weight` (dequantized, same shape) in place of the float weight; None restores the float weight."""
@@ -82,10 +111,22 @@ class QLinear(nn.Linear):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int_weight is not None:
+            return self._int_forward(x)
         x = self.transform_input(x)
         if self.capture is not None:
             self.capture(x.reshape(-1, x.shape[-1]))
         return F.linear(x, self.effective_weight(), self.bias)
+
+    def _int_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.online_hadamard:
+            x = hadamard_transform(x, normalize=True)
+        q, s_a = quantize_act(x, self.a_bits, self.a_clip)
+        if self.capture is not None:
+            self.capture((q.to(torch.float32) * s_a).to(x.dtype).reshape(-1, x.shape[-1]))
+        acc = F.linear(q.to(torch.float32), self.int_weight)
+        y = dequantize_acc(acc, s_a, self.int_scale, self.int_level_set, self.bias)
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (

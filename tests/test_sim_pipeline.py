@@ -119,3 +119,87 @@ def test_smollm2_every_w2_linear_and_perplexity(smollm2):
     ppl_sim = evaluate_ppl(qm.model, evalw, progress=False)
     remove_sim_backend(qm.model)
     assert abs(ppl_sim - ppl_ref) <= max(2e-3 * ppl_ref, 3 * abs(ppl_64 - ppl_ref)), (ppl_sim, ppl_ref, ppl_64)
+
+
+@pytest.mark.parametrize("levels", ["pot_mnz", "mnz", "std"])
+def test_integer_products_are_exact(levels):
+    """The PyTorch integer-product mode: each W2 linear's output equals formats.dequantize_acc applied to an
+    independent int64 product of the INT4 codes and the decoded integer weights, and stays within the FP32
+    bound of the fake-quant (dequantized-weight) product."""
+    from qift_hw.pipeline import set_integer_products
+
+    qm, calib = quantized_tiny(levels, seed=5)
+    inputs = {}
+    hooks = [lin.register_forward_pre_hook(lambda m, a, n=name: inputs.__setitem__(n, a[0].reshape(-1, m.in_features)))
+             for name, lin in iter_linears(qm.model)]
+    with torch.no_grad():
+        qm.model(input_ids=calib[:2], use_cache=False)
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():
+        y_fq = {name: lin(inputs[name]) for name, lin in iter_linears(qm.model)}
+        assert len(set_integer_products(qm.model, qm.weights)) == 14
+        for name, lin in iter_linears(qm.model):
+            ql, x = qm.weights[name], inputs[name]
+            ls = get_level_set(ql.level_set)
+            xin = hadamard_transform(x, normalize=True) if lin.online_hadamard else x
+            q, s_a = formats.quantize_act(xin)
+            w_int = torch.round(ls.decode(ql.codes) / formats.weight_unit(ls)).long()
+            acc_ref = q.long() @ w_int.T
+            y = lin(x)
+            assert torch.equal(y, formats.dequantize_acc(acc_ref, s_a, ql.params.scale, ls, lin.bias)), name
+            sw = formats.weight_scale_eff(ql.params.scale, ls)
+            bound = (x.shape[-1] + 4) * U * s_a * sw * (q.abs().double() @ w_int.abs().T.double()).float()
+            assert torch.all((y - y_fq[name]).abs() <= 2 * bound + 1e-30), name
+        set_integer_products(qm.model, qm.weights, on=False)
+        assert all(torch.equal(lin(inputs[n]), y_fq[n]) for n, lin in iter_linears(qm.model))
+
+
+@pytest.mark.parametrize("levels", ["pot_mnz", "mnz"])
+def test_sim_backend_equals_integer_products_bit_for_bit(levels):
+    """Whole model: the bit-accurate model (float Hadamard, so the same INT4 codes) and the PyTorch integer-product
+    mode give identical logits, hence identical perplexity; through run_points' backend hooks as `qift-hw eval
+    --backend int|sim` uses them."""
+    from qift_hw.cli.sim_backend import eval_backend
+    from qift_hw.experiments import quant_point, run_points
+
+    model = tiny_llama(seed=6, layers=2, hidden=64, intermediate=192)
+    calib = torch.randint(0, 256, (6, 32), generator=torch.Generator().manual_seed(2))
+    evalw = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(8))
+    base = QuantConfig(levels=levels, method="gptq", calib_windows=6, calib_seqlen=32, batch_size=6, blocksize=16)
+    pt = quant_point(base)
+    rows = {}
+    for name in ("torch", "int", "sim"):
+        hook = eval_backend(name, hadamard="float")
+        rows[name] = run_points([pt], model, None, evalw, calib=calib, progress=False, backend=hook)[0]
+    assert rows["int"]["backend"]["layers"] == rows["sim"]["backend"]["layers"] == 14
+    assert rows["sim"]["ppl"] == rows["int"]["ppl"]
+    assert abs(rows["int"]["ppl"] - rows["torch"]["ppl"]) / rows["torch"]["ppl"] < 1e-2
+
+
+def test_integer_mode_refuses_what_it_cannot_do_exactly():
+    from qift_hw.errors import QiftError
+    from qift_hw.qmodel import QLinear
+
+    lin = QLinear(torch.nn.Linear(16, 4, bias=False), "x")
+    w = torch.ones(4, 16)
+    with pytest.raises(QiftError, match="quantized activations"):
+        lin.set_int_weight(w, torch.ones(4), "pot_mnz")
+    lin.a_bits = 4
+    with pytest.raises(QiftError, match="does not fit"):
+        lin.set_int_weight(torch.ones(3, 16), torch.ones(3), "pot_mnz")
+    big = QLinear(torch.nn.Linear(2**20, 1, bias=False), "big")
+    big.a_bits = 4
+    with pytest.raises(QiftError, match="exact FP32"):
+        big.set_int_weight(torch.full((1, 2**20), 4.0), torch.ones(1), "pot_mnz")
+    assert formats.exact_float_products(2**19, 4, 4) and not formats.exact_float_products(2**19 + 1, 4, 4)
+
+
+def test_unknown_backend_is_a_clear_error():
+    from qift_hw.cli.sim_backend import eval_backend
+    from qift_hw.errors import QiftError
+
+    with pytest.raises(QiftError, match="unknown backend"):
+        eval_backend("gpu")
+    with pytest.raises(QiftError, match="Hadamard mode"):
+        eval_backend("sim", hadamard="fast")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +42,10 @@ _json = typer.Option(None, "--json", help="Write the result rows as JSON to this
 _out = typer.Option(None, "--out", help="Write results.md, results.json and plots into this folder.")
 _runs = typer.Option(RUN_ROOT, "--run-root", help="Per-layer GPTQ checkpoints (resume) live in a subfolder per configuration.")
 _fresh = typer.Option(False, "--fresh", help="Do not use or write per-layer checkpoints.")
+_backend = typer.Option("torch", "--backend", help="How W2 linears (pot_mnz, mnz, std, pm12) are evaluated: torch "
+                        "(fake-quant), int (PyTorch, exact integer products) or sim (the bit-accurate integer model).")
+_simhad = typer.Option("unit", "--sim-hadamard", help="With --backend sim: the online Hadamard in the integer unit "
+                       "(unit) or the pipeline's float transform (float, then sim equals --backend int exactly).")
 _progress = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 
 
@@ -134,12 +139,15 @@ def eval_cmd(
     json_out: Optional[Path] = _json, out: Optional[Path] = _out, run_root: Path = _runs, fresh: bool = _fresh,
     export: Optional[Path] = typer.Option(None, "--export", help="Save the quantized model (one quantized run only) "
                                           "as a safetensors checkpoint."),
-    progress: bool = _progress,
+    backend: str = _backend, sim_hadamard: str = _simhad, progress: bool = _progress,
 ) -> None:
     """Perplexity of FP / rotated / quantized models on non-overlapping windows; prints a Markdown table."""
     from qift_hw.experiments import grid_points, preset_points, reference_points, run_points
 
+    from qift_hw.cli.sim_backend import eval_backend
+
     dev = _device_of(device)
+    hook = eval_backend(backend, sim_hadamard)
     base = _base_config(a_bits=a_bits, kv_bits=kv_bits, a_clip=a_clip, kv_clip=kv_clip, rotate=not no_rotate,
                         rotation_seed=rotation_seed, calib_source=text, calib_windows=calib_windows,
                         calib_seqlen=calib_seqlen, seed=seed, scale_method=scale_method, act_order=act_order,
@@ -158,10 +166,11 @@ def eval_cmd(
     base_model, tok, ev = _setup(model, text, seqlen, windows, threads)
     meta = {"title": "qift-hw eval", "command": "qift-hw " + shlex.join(sys.argv[1:]), "model": model, "text": text,
             "eval_windows": int(ev.shape[0]), "seqlen": seqlen, "calib": f"{calib_windows} x {calib_seqlen}",
-            "device": dev}
+            "device": dev, "backend": backend}
     rows: list[dict] = []
     run_points(points, base_model, tok, ev, device=dev, run_root=None if fresh else run_root,
-               model_id=_model_id(model), progress=progress, on_row=_partial_writer(out, meta, rows), export=export)
+               model_id=_model_id(model), progress=progress, on_row=_partial_writer(out, meta, rows), export=export,
+               backend=hook)
     _finish(rows, meta, json_out, out)
 
 
@@ -242,22 +251,28 @@ def eval_checkpoint_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Where the tokenizer comes from (default: the model "
                                         "recorded in the checkpoint)."),
     text: str = _text, windows: Optional[int] = _windows, seqlen: int = _seqlen, device: Optional[str] = _device,
-    threads: Optional[int] = _threads, progress: bool = _progress,
+    threads: Optional[int] = _threads, backend: str = _backend, sim_hadamard: str = _simhad,
+    progress: bool = _progress,
 ) -> None:
     """Perplexity of a saved quantized checkpoint."""
     import torch
 
     from qift_hw.data import get_windows
     from qift_hw.evaluate import evaluate_ppl
-    from qift_hw.export import load_quantized, read_metadata
+    from qift_hw.cli.sim_backend import eval_backend
+    from qift_hw.export import load_quantized, quantized_weights, read_metadata
     from qift_hw.models import load_model
 
     if threads:
         torch.set_num_threads(threads)
     dev = _device_of(device)
+    hook = eval_backend(backend, sim_hadamard)
     meta = read_metadata(checkpoint)
     _, tok = load_model(model or meta.get("model_id") or None, device="cpu")
     qmodel, meta = load_quantized(checkpoint, device=dev)
     ev = get_windows(tok, text, "eval", seqlen, windows)
+    info = hook(qmodel, quantized_weights(checkpoint)) if hook is not None else {"name": "torch"}
+    t0 = time.perf_counter()
     ppl = evaluate_ppl(qmodel, ev, device=dev, progress=progress)
-    print(f"{checkpoint}: ppl {ppl:.4f} on {ev.shape[0]} x {seqlen} tokens of {text}")
+    print(f"{checkpoint}: ppl {ppl:.6f} on {ev.shape[0]} x {seqlen} tokens of {text}, backend {info}, "
+          f"evaluation {time.perf_counter() - t0:.1f} s")

@@ -12,6 +12,40 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 SIM_ATTR = "_qift_sim"
+BACKENDS = ("torch", "int", "sim")
+"""Evaluation backends of the W2 linears: torch = fake-quant (dequantized FP32 product, the pipeline's default),
+int = PyTorch with exact integer products (`pipeline.set_integer_products`), sim = the bit-accurate Numba model."""
+
+
+def eval_backend(name: str, hadamard: str = "unit", acc_bits: int | None = None, overflow: str = "saturate"):
+    """A `run_points` backend hook for ``name`` (None for the default torch path)."""
+    from qift_hw.errors import QiftError
+
+    if name not in BACKENDS:
+        raise QiftError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    from qift_hw.sim.linear import HADAMARD_MODES
+
+    if hadamard not in HADAMARD_MODES:
+        raise QiftError(f"unknown Hadamard mode {hadamard!r}; use one of {', '.join(HADAMARD_MODES)}")
+    if name == "torch":
+        return None
+
+    def hook(model: Any, weights: dict) -> dict:
+        from qift_hw.pipeline import set_integer_products
+
+        if name == "int":
+            layers = set_integer_products(model, weights)
+            return {"name": "int", "layers": len(layers)}
+        layers = install_sim_backend(model, weights, hadamard=hadamard, acc_bits=acc_bits, overflow=overflow)
+        return {"name": "sim", "hadamard": hadamard, "acc_bits": acc_bits or _acc_bits(), "layers": len(layers)}
+
+    return hook
+
+
+def _acc_bits() -> int:
+    from qift_hw import formats
+
+    return formats.ACC_BITS
 
 
 def install_sim_backend(model: Any, weights: dict, hadamard: str = "unit", acc_bits: int | None = None,
