@@ -39,8 +39,10 @@ def generate_cmd(
     out: Path = typer.Option(Path("rtl/generated"), help="Output folder (one .v file per top)."),
     lint: bool = typer.Option(True, help="Run `verilator --lint-only -Wno-WIDTH` on every file written."),
 ) -> None:
-    """Write Verilog for the chosen configuration, with a header naming the parameters and generator version."""
-    from qift_hw.rtl.generate import array_top, hadamard_top, lint as run_lint, pe_top, write_top
+    """Write Verilog for the chosen configuration, with a header naming the parameters and generator version, and
+    beside each file the Yosys scripts of the area flows (`cd rtl/generated && yosys -s <top>.generic.ys`)."""
+    from qift_hw.rtl.area import FLOWS, yosys_script
+    from qift_hw.rtl.generate import array_top, hadamard_top, lint as run_lint, pe_top, write_atomic, write_top
 
     if top not in TOPS:
         raise QiftError(f"unknown top {top!r}; use one of {', '.join(TOPS)}")
@@ -55,6 +57,8 @@ def generate_cmd(
     failed = False
     for t in tops:
         path = write_top(t, out)
+        for flow in FLOWS:
+            write_atomic(path.with_name(f"{t.name}.{flow}.ys"), yosys_script(path.name, t.name, flow))
         status = ""
         if lint:
             try:

@@ -81,9 +81,22 @@ def _design_totals(stat_json: dict) -> tuple[int, dict]:
     return sum(by_type.values()), by_type
 
 
-def _run_stat(cmd: list[str], verilog: Path, top: str, synth: str, workdir: Path) -> dict:
-    out = workdir / f"{top}.{synth.split()[0]}.json"
-    script = f"read_verilog {verilog.name}; {synth} -top {top}; tee -q -o {out.name} stat -json"
+FLOWS = {"generic": "synth", "ice40": "synth_ice40 -noflatten"}
+"""The two Yosys flows behind every area figure: technology-independent gates, and iCE40 LUT4/carry/FF."""
+
+
+def yosys_script(verilog_name: str, top: str, flow: str, stat_json: str | None = None) -> str:
+    """The Yosys commands (one per line) that synthesise ``top`` of ``verilog_name`` with ``flow`` and print (or,
+    with ``stat_json``, save as JSON) its cell statistics: what `qift-hw rtl area` runs, and what `rtl generate`
+    writes beside the Verilog for `yosys -s`."""
+    stat = f"tee -q -o {stat_json} stat -json" if stat_json else "stat"
+    return f"read_verilog {verilog_name}\n{FLOWS[flow]} -top {top}\n{stat}\n"
+
+
+def _run_stat(cmd: list[str], verilog: Path, top: str, flow: str, workdir: Path) -> dict:
+    out = workdir / f"{top}.{flow}.json"
+    script = "; ".join(yosys_script(verilog.name, top, flow, out.name).splitlines())
+    synth = FLOWS[flow]
     try:
         proc = subprocess.run(cmd + ["-q", "-p", script], cwd=workdir, capture_output=True, text=True,
                               timeout=YOSYS_TIMEOUT_S)
@@ -102,8 +115,8 @@ def synthesise(verilog_text: str, top: str, params: dict, yosys: list[str]) -> A
         work = Path(tmp)
         src = work / f"{top}.v"
         src.write_text(verilog_text)
-        generic = _run_stat(yosys, src, top, "synth", work)
-        ice = _run_stat(yosys, src, top, "synth_ice40 -noflatten", work)
+        generic = _run_stat(yosys, src, top, "generic", work)
+        ice = _run_stat(yosys, src, top, "ice40", work)
     g_cells, g_types = _design_totals(generic)
     i_cells, i_types = _design_totals(ice)
     g_ff = sum(v for k, v in g_types.items() if "DFF" in k or "DLATCH" in k)
@@ -148,5 +161,5 @@ def product_cells(top, yosys: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="qift_synth_") as tmp:
         work = Path(tmp)
         (work / "product.v").write_text(text)
-        cells, _ = _design_totals(_run_stat(yosys, work / "product.v", "product", "synth", work))
+        cells, _ = _design_totals(_run_stat(yosys, work / "product.v", "product", "generic", work))
     return cells
