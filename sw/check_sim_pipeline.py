@@ -4,8 +4,10 @@
    (resumable: per-layer checkpoints in --run-dir).
 2. Every W2 linear, on the inputs it sees for one evaluation window: integer accumulators vs an independent torch
    int64 product, and dequantized outputs vs the fake-quant outputs as a fraction of the FP32 rounding bound.
-3. Perplexity on --windows evaluation windows: fake-quant path, then every W2 linear through the integer model
-   with the float Hadamard (same INT4 codes as the pipeline) and with the integer Hadamard unit; with timings.
+3. Perplexity on --windows evaluation windows: fake-quant path (dequantized FP32 product), the same with float64
+   products (a control), the PyTorch integer-product mode (`qift-hw eval --backend int`), then every W2 linear
+   through the integer model with the float Hadamard (same INT4 codes as the pipeline; must equal the
+   integer-product mode exactly) and with the integer Hadamard unit; with timings.
 
     .venv/bin/python sw/check_sim_pipeline.py [--levels pot_mnz] [--windows 8] [--seqlen 512]
         [--scale-method mse] [--w2-layers all] [--other-bits 16] [--out docs/results/sim_vs_pipeline.json]
@@ -79,7 +81,7 @@ def main() -> None:
     from qift_hw.evaluate import evaluate_ppl
     from qift_hw.io import write_json
     from qift_hw.models import load_model
-    from qift_hw.pipeline import QuantConfig, quantize_model
+    from qift_hw.pipeline import QuantConfig, quantize_model, set_integer_products
 
     torch.set_num_threads(args.threads)
     model, tok = load_model(None)
@@ -112,6 +114,10 @@ def main() -> None:
         t0 = time.perf_counter()
         res["fake_quant_float64_products"] = {"ppl": evaluate_ppl(qm.model, evalw),
                                               "seconds": time.perf_counter() - t0}
+    set_integer_products(qm.model, qm.weights)
+    t0 = time.perf_counter()
+    res["int_products"] = {"ppl": evaluate_ppl(qm.model, evalw), "seconds": time.perf_counter() - t0}
+    set_integer_products(qm.model, qm.weights, on=False)
     for mode in ("float", "unit"):
         names = install_sim_backend(qm.model, qm.weights, hadamard=mode)
         t0 = time.perf_counter()
@@ -119,11 +125,13 @@ def main() -> None:
         res[f"sim_{mode}_hadamard"] = {"ppl": ppl, "seconds": time.perf_counter() - t0, "layers": len(names)}
         remove_sim_backend(qm.model)
     base = res["fake_quant"]["ppl"]
-    for k, v in res.items():
+    for k, v in list(res.items()):
         v["rel_diff_vs_fake_quant"] = (v["ppl"] - base) / base
         v["time_ratio_vs_fake_quant"] = v["seconds"] / res["fake_quant"]["seconds"]
         print(f"{k:22s} ppl {v['ppl']:.4f}  rel diff {v['rel_diff_vs_fake_quant']:+.2e}  {v['seconds']:.1f} s "
               f"({v['time_ratio_vs_fake_quant']:.2f}x)")
+    res["sim_float_equals_int_products"] = res["sim_float_hadamard"]["ppl"] == res["int_products"]["ppl"]
+    print(f"sim (float Hadamard) == PyTorch integer products, bit for bit: {res['sim_float_equals_int_products']}")
     moved = [r["unit_codes_moved"] for r in rows if "unit_codes_moved" in r]
     write_json(args.out, {"config": cfg.to_dict(), "quantize_seconds": t_quant, "eval_windows": args.windows,
                           "eval_seqlen": args.seqlen, "threads": args.threads,

@@ -95,7 +95,8 @@ def test_smollm2_every_w2_linear_and_perplexity(smollm2):
     """Real model: SmolLM2-135M rotated, A4 KV4, the last two layers W2 (RTN, max-abs scales, for speed), the rest
     float: every W2 linear exact and within the bound. Perplexity: INT4 re-quantization of every linear input turns
     one-ulp differences into moved codes downstream (docs/sim.md), so the simulated model may differ from the
-    fake-quant one about as much as the fake-quant model differs from itself with float64 products (the control).
+    fake-quant one about as much as the fake-quant model differs from itself with float64 products (the control),
+    and must equal the PyTorch integer-product mode exactly.
     """
     import copy
 
@@ -115,9 +116,15 @@ def test_smollm2_every_w2_linear_and_perplexity(smollm2):
     ppl_ref = evaluate_ppl(qm.model, evalw, progress=False)
     with float64_linears(qm.model):
         ppl_64 = evaluate_ppl(qm.model, evalw, progress=False)
+    from qift_hw.pipeline import set_integer_products
+
+    set_integer_products(qm.model, qm.weights)
+    ppl_int = evaluate_ppl(qm.model, evalw, progress=False)
+    set_integer_products(qm.model, qm.weights, on=False)
     install_sim_backend(qm.model, qm.weights, hadamard="float")
     ppl_sim = evaluate_ppl(qm.model, evalw, progress=False)
     remove_sim_backend(qm.model)
+    assert ppl_sim == ppl_int  # the same arithmetic: bit for bit
     assert abs(ppl_sim - ppl_ref) <= max(2e-3 * ppl_ref, 3 * abs(ppl_64 - ppl_ref)), (ppl_sim, ppl_ref, ppl_64)
 
 
