@@ -10,6 +10,11 @@ Order of work (GPTQ/QuaRot's "true sequential" scheme):
    also calibrates with activation quantization on), quantize the group's weights and install them;
 4. run the layer again with all its weights quantized; its outputs are the next layer's calibration inputs.
 
+Parts of a layer whose weights are already final are not recomputed in steps 3-4: once o_proj is quantized the
+attention output of every batch is kept and stands in for the attention in the later passes, and the input of
+down_proj (kept while its Hessian is accumulated) gives the layer output with one product. The tensors are the
+ones a full forward computes (same operations on the same values), so the result is the same bit for bit.
+
 Each finished layer is checkpointed (codes and scales, atomically) into a run folder; a rerun with the same
 folder and configuration loads the finished layers and continues after the last one, giving the same result
 bit for bit as an uninterrupted run.
@@ -20,11 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from qift_hw.errors import QiftError
@@ -315,6 +323,110 @@ def _tick(timer: dict | None, key: str, t0: float) -> float:
     return t1
 
 
+@contextmanager
+def _forward_replaced(module: nn.Module, fn: Callable) -> Iterator[None]:
+    """Run `fn` instead of `module.forward` inside the block (an instance attribute, removed afterwards)."""
+    old = module.__dict__.get("forward")
+    module.forward = fn
+    try:
+        yield
+    finally:
+        if old is None:
+            del module.forward
+        else:
+            module.forward = old
+
+
+@contextmanager
+def _cached_parts(layer: nn.Module, attn_out: torch.Tensor | None, mlp_out: torch.Tensor | None) -> Iterator[None]:
+    """Inside the block the layer's self-attention returns `attn_out` and its MLP `mlp_out` (each if not None).
+
+    The attention result follows the transformers interface (output, attention weights).
+    """
+    with ExitStack() as stack:
+        if attn_out is not None:
+            stack.enter_context(_forward_replaced(layer.self_attn, lambda *a, **k: (attn_out, None)))
+        if mlp_out is not None:
+            stack.enter_context(_forward_replaced(layer.mlp, lambda *a, **k: mlp_out))
+        yield
+
+
+@torch.no_grad()
+def _capture_pass(layer: nn.Module, batches: list, head: nn.Module, acc: HessianAccumulator,
+                  attn_outs: list | None = None, keep: bool = False) -> list[torch.Tensor]:
+    """Run every batch through `layer` up to `head`'s input, add that input to `acc` and stop the forward there.
+
+    attn_outs: per-batch attention outputs that replace the self-attention (its weights are final);
+    keep: also return each batch's captured input ([tokens, in_features], as the weight sees it).
+    """
+    kept: list[torch.Tensor] = []
+
+    def capture(x: torch.Tensor) -> None:
+        acc.add(x)
+        if keep:
+            kept.append(x)
+        raise _Stop
+
+    head.capture = capture
+    try:
+        for j, (x, kw) in enumerate(batches):
+            with _cached_parts(layer, attn_outs[j] if attn_outs is not None else None, None):
+                try:
+                    _layer_forward(layer, x, kw)
+                except _Stop:
+                    pass
+    finally:
+        head.capture = None
+    return kept
+
+
+def _linear_out(lin: nn.Module, x2d: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The linear's output for its captured 2-D input, shaped like `like` ([..., any]) with out_features last."""
+    return F.linear(x2d, lin.effective_weight(), lin.bias).view(*like.shape[:-1], lin.out_features)
+
+
+@torch.no_grad()
+def _quantize_layer_sequential(layer: nn.Module, batches: list, ls_name: str, cfg: QuantConfig, index: int,
+                               timer: dict | None) -> tuple[dict[str, QuantizedLinear], list[dict], list]:
+    """True-sequential GPTQ of one layer (groups of LINEAR_GROUPS in order) and the layer's outputs on `batches`.
+
+    Each group's Hessian comes from the layer run with the earlier groups already quantized; the attention output
+    (after o_proj) and down_proj's input are kept once final, so no part of the layer is computed twice.
+    """
+    weights: dict[str, QuantizedLinear] = {}
+    records: list[dict] = []
+    device = torch.device(cfg.device)
+    attn_outs: list | None = None
+    down_in: list[torch.Tensor] = []
+    for owner, names in LINEAR_GROUPS:
+        lins = _group_linears(layer, owner, names)
+        t0 = time.perf_counter()
+        acc = HessianAccumulator(lins[0].in_features, device=device, product_dtype=_hdtype(cfg))
+        kept = _capture_pass(layer, batches, lins[0], acc, attn_outs, keep=names[0] in ("o_proj", "down_proj"))
+        t0 = _tick(timer, "hessian_s", t0)
+        qls, recs = _quantize_group(lins, acc.hessian, ls_name, cfg, f"layer {index} {'/'.join(names)}")
+        _tick(timer, "weights_s", t0)
+        for lin, ql, rec in zip(lins, qls, recs):
+            weights[lin.name] = ql
+            records.append({"layer": index, **rec})
+        if names[0] == "o_proj":
+            t0 = time.perf_counter()
+            attn_outs = [_linear_out(lins[0], xo, x) for xo, (x, _) in zip(kept, batches)]
+            _tick(timer, "hessian_s", t0)
+        elif names[0] == "down_proj":
+            down_in = kept
+        del kept
+    t0 = time.perf_counter()
+    down = layer.mlp.down_proj
+    outs = []
+    for j, (x, kw) in enumerate(batches):
+        with _cached_parts(layer, attn_outs[j], _linear_out(down, down_in[j], x)):
+            outs.append((_layer_forward(layer, x, kw), kw))
+        down_in[j] = None
+    _tick(timer, "propagate_s", t0)
+    return weights, records, outs
+
+
 @torch.no_grad()
 def quantize_layer(layer: nn.Module, batches: list, ls_name: str, cfg: QuantConfig, index: int,
                    timer: dict | None = None) -> tuple[dict[str, QuantizedLinear], list[dict]]:
@@ -323,6 +435,9 @@ def quantize_layer(layer: nn.Module, batches: list, ls_name: str, cfg: QuantConf
     timer: optional dict that accumulates seconds under "hessian_s" (calibration forwards and X^T X) and
     "weights_s" (scale fit and GPTQ/RTN).
     """
+    if cfg.method == "gptq" and cfg.true_sequential:
+        weights, records, _ = _quantize_layer_sequential(layer, batches, ls_name, cfg, index, timer)
+        return weights, records
     weights: dict[str, QuantizedLinear] = {}
     records: list[dict] = []
     device = torch.device(cfg.device)
@@ -522,12 +637,15 @@ def quantize_model(
                 batches = _propagate(layer, batches)
             continue
         loaded = _load_layer(run, i, device) if run is not None else None
+        outs = None
         if loaded is not None:
             lw, lrec = loaded
             for owner, names in LINEAR_GROUPS:
                 for lin in _group_linears(layer, owner, names):
                     lin.set_qweight(lw[lin.name].dequantized())
             resumed += 1
+        elif config.method == "gptq" and config.true_sequential:
+            lw, lrec, outs = _quantize_layer_sequential(layer, batches, ls_name, config, i, timer)
         elif config.method == "gptq":
             lw, lrec = quantize_layer(layer, batches, ls_name, config, i, timer)
         else:
@@ -536,7 +654,9 @@ def quantize_model(
             _save_layer(run, i, lw, lrec)
         weights.update(lw)
         records.extend(lrec)
-        if batches is not None and config.method == "gptq" and i + 1 < n_layers:
+        if outs is not None:
+            batches = outs
+        elif batches is not None and config.method == "gptq" and i + 1 < n_layers:
             t0 = time.perf_counter()
             batches = _propagate(layer, batches)
             _tick(timer, "propagate_s", t0)
