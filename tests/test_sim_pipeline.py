@@ -31,6 +31,18 @@ def quantized_tiny(levels, seed=3):
     return qm, calib
 
 
+def linear_inputs(model, ids):
+    """The 2-D input every linear of ``model`` sees for ``ids``."""
+    inputs = {}
+    hooks = [lin.register_forward_pre_hook(lambda m, a, n=name: inputs.__setitem__(n, a[0].reshape(-1, m.in_features)))
+             for name, lin in iter_linears(model)]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    return inputs
+
+
 def check_linear(name, lin, ql, x):
     """One layer: exact accumulators, and outputs within the FP32 bound of the fake-quant forward."""
     ls = get_level_set(ql.level_set)
@@ -56,13 +68,7 @@ def check_linear(name, lin, ql, x):
 @pytest.mark.parametrize("levels", ["pot_mnz", "mnz", "std"])
 def test_every_linear_matches_fake_quant(levels):
     qm, calib = quantized_tiny(levels)
-    inputs = {}
-    hooks = [lin.register_forward_pre_hook(lambda m, a, n=name: inputs.__setitem__(n, a[0].reshape(-1, m.in_features)))
-             for name, lin in iter_linears(qm.model)]
-    with torch.no_grad():
-        qm.model(input_ids=calib[:2], use_cache=False)
-    for h in hooks:
-        h.remove()
+    inputs = linear_inputs(qm.model, calib[:2])
     assert len(inputs) == 14
     with torch.no_grad():
         for name, lin in iter_linears(qm.model):
@@ -136,13 +142,7 @@ def test_integer_products_are_exact(levels):
     from qift_hw.pipeline import set_integer_products
 
     qm, calib = quantized_tiny(levels, seed=5)
-    inputs = {}
-    hooks = [lin.register_forward_pre_hook(lambda m, a, n=name: inputs.__setitem__(n, a[0].reshape(-1, m.in_features)))
-             for name, lin in iter_linears(qm.model)]
-    with torch.no_grad():
-        qm.model(input_ids=calib[:2], use_cache=False)
-    for h in hooks:
-        h.remove()
+    inputs = linear_inputs(qm.model, calib[:2])
     with torch.no_grad():
         y_fq = {name: lin(inputs[name]) for name, lin in iter_linears(qm.model)}
         assert len(set_integer_products(qm.model, qm.weights)) == 14
