@@ -112,6 +112,35 @@ def test_mse_search_is_per_row_optimal_on_its_grid():
         assert torch.all(best <= err(base * c) + 1e-6)
 
 
+def _plain_grid_search(W, ls, grid=100, min_clip=0.2):
+    """Every clip ratio on the whole matrix, first smallest float32 error per row (the definition)."""
+    base = fit_params(W, ls, "maxabs").scale
+    levels = torch.as_tensor(ls.levels, dtype=W.dtype)
+    mids = (levels[1:] + levels[:-1]) / 2
+    errs, scales = [], []
+    for c in torch.linspace(1.0, min_clip, grid).tolist():
+        s = base * c
+        deq = levels[torch.bucketize(W / s, mids)] * s
+        errs.append((deq - W).square().sum(dim=1, keepdim=True))
+        scales.append(s)
+    errs, scales = torch.cat(errs, 1), torch.cat(scales, 1)
+    first = torch.stack([torch.nonzero(r == r.min())[0, 0] for r in errs])
+    return scales.gather(1, first[:, None])
+
+
+@pytest.mark.parametrize("name", ["mnz", "std", "pot_mnz", "nf2", "int4"])
+def test_fast_mse_search_picks_what_the_plain_float32_search_picks(name):
+    g = torch.Generator().manual_seed(5)
+    heavy = torch.distributions.StudentT(torch.tensor(3.0)).sample((64, 300)) * 0.02
+    W = torch.cat([torch.randn(200, 300, generator=g) * 0.02, heavy, torch.zeros(2, 300),
+                   torch.full((2, 300), 0.01), torch.randint(-3, 4, (8, 300), generator=g).float()])
+    # short rows of multiples of 0.1: many clip ratios tie exactly in real numbers and float32 rounding decides
+    ties = torch.randint(-6, 7, (2000, 12), generator=g).float() * 0.1
+    ls = get_level_set(name)
+    assert torch.equal(fit_params(W, ls, "mse").scale, _plain_grid_search(W, ls))
+    assert torch.equal(fit_params(ties, ls, "mse").scale, _plain_grid_search(ties, ls))
+
+
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("K", [1, 3, 4, 7, 64, 129])
 def test_pack_roundtrip(bits, K):
