@@ -100,19 +100,26 @@ def quantize_act(x: torch.Tensor, bits: int = ACT_BITS, clip: float = ACT_CLIP) 
     scale = clip * max|x| / (2^(b-1) - 1) in FP32 (1.0 for an all-zero token); q = clamp(round_half_even(x / scale),
     -2^(b-1), 2^(b-1) - 1), the division done in FP32.
     """
+    q, scale = _act_levels(x, bits, clip)
+    return q.to(torch.int8), scale
+
+
+def _act_levels(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_act's integers as FP32 values (a new tensor) and its scale; max|x| from one min/max pass."""
     if not 2 <= bits <= 8:
         raise QiftError(f"activation width must be 2..8 bits, got {bits}")
     qmax = 2 ** (bits - 1) - 1
     xf = x.to(SCALE_DTYPE)
-    scale = _amax_scale(xf.abs().amax(dim=-1, keepdim=True), qmax, clip)
-    q = torch.clamp(torch.round(xf / scale), -qmax - 1, qmax)
-    return q.to(torch.int8), scale
+    lo, hi = torch.aminmax(xf, dim=-1, keepdim=True) if xf.numel() else (xf.amin(-1, True), xf.amax(-1, True))
+    scale = _amax_scale(torch.maximum(hi, lo.neg_()), qmax, clip)
+    q = torch.div(xf, scale).round_().clamp_(-qmax - 1, qmax)
+    return q, scale
 
 
 def fake_quant_act(x: torch.Tensor, bits: int = ACT_BITS, clip: float = ACT_CLIP) -> torch.Tensor:
     """Quantize then dequantize activations per token (q * scale in FP32, cast back to x's dtype)."""
-    q, s = quantize_act(x, bits, clip)
-    return (q.to(SCALE_DTYPE) * s).to(x.dtype)
+    q, s = _act_levels(x, bits, clip)
+    return q.mul_(s).to(x.dtype)
 
 
 def quantize_kv(x: torch.Tensor, bits: int = KV_BITS, clip: float = KV_CLIP
@@ -122,23 +129,30 @@ def quantize_kv(x: torch.Tensor, bits: int = KV_BITS, clip: float = KV_CLIP
     xmax = clip * max(x, 0), xmin = clip * min(x, 0); scale = (xmax - xmin) / (2^b - 1); zero = round(-xmin / scale);
     q = clamp(round(x / scale) + zero, 0, 2^b - 1).
     """
+    q, scale, zero = _kv_levels(x, bits, clip)
+    return q.to(torch.uint8), scale, zero
+
+
+def _kv_levels(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_kv's integers as FP32 values (a new tensor), scale and zero; min and max from one pass."""
     if not 2 <= bits <= 8:
         raise QiftError(f"KV width must be 2..8 bits, got {bits}")
     qmax = 2**bits - 1
     xf = x.to(SCALE_DTYPE)
-    xmax = xf.amax(dim=-1, keepdim=True).clamp(min=0) * clip
-    xmin = xf.amin(dim=-1, keepdim=True).clamp(max=0) * clip
+    lo, hi = torch.aminmax(xf, dim=-1, keepdim=True) if xf.numel() else (xf.amin(-1, True), xf.amax(-1, True))
+    xmax = hi.clamp_(min=0).mul_(clip)
+    xmin = lo.clamp_(max=0).mul_(clip)
     scale = (xmax - xmin) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = torch.round(-xmin / scale)
-    q = torch.clamp(torch.round(xf / scale) + zero, 0, qmax)
-    return q.to(torch.uint8), scale, zero
+    q = torch.div(xf, scale).round_().add_(zero).clamp_(0, qmax)
+    return q, scale, zero
 
 
 def fake_quant_kv(x: torch.Tensor, bits: int = KV_BITS, clip: float = KV_CLIP) -> torch.Tensor:
     """Quantize then dequantize the KV cache per head: scale * (q - zero), cast back to x's dtype."""
-    q, s, z = quantize_kv(x, bits, clip)
-    return ((q.to(SCALE_DTYPE) - z) * s).to(x.dtype)
+    q, s, z = _kv_levels(x, bits, clip)
+    return q.sub_(z).mul_(s).to(x.dtype)
 
 
 def saturate(acc: np.ndarray | torch.Tensor, bits: int = ACC_BITS, policy: str = "saturate"):

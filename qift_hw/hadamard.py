@@ -421,9 +421,16 @@ def _walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
     rows, m, inner = x.shape
     if m == 1:
         return x.clone(memory_format=torch.contiguous_format)
+    grad = x.requires_grad and torch.is_grad_enabled()
     for _ in range(m.bit_length() - 1):
         top, bottom = x[:, : m // 2], x[:, m // 2 :]
-        x = torch.stack((top + bottom, top - bottom), dim=2).view(rows, m, inner)
+        if grad:  # out= has no autograd; stack gives the same values
+            x = torch.stack((top + bottom, top - bottom), dim=2).view(rows, m, inner)
+            continue
+        out = torch.empty(rows, m // 2, 2, inner, dtype=x.dtype, device=x.device)
+        torch.add(top, bottom, out=out[:, :, 0])
+        torch.sub(top, bottom, out=out[:, :, 1])
+        x = out.view(rows, m, inner)
     return x
 
 
