@@ -183,3 +183,21 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     with pytest.raises(QiftError, match="different configuration"):
         quantize_model(tiny_llama(seed=9, layers=3), None, small_cfg(levels="mnz"), calib=calib, run_dir=tmp_path,
                        progress=False)
+
+
+def test_sequential_layer_outputs_equal_a_plain_forward_of_the_quantized_layer():
+    # the cached attention output and down_proj input must give exactly what running the finished layer gives
+    model = tiny_llama(seed=6, layers=2, biases=True)
+    cfg = small_cfg(levels="mnz", a_bits=4, kv_bits=4, batch_size=2)
+    pipeline.prepare_model(model, cfg)
+    batches = pipeline.capture_layer_inputs(model, windows(6, 32, seed=2), cfg.batch_size, "cpu")
+    layer = model.model.layers[0]
+    _, _, outs = pipeline._quantize_layer_sequential(layer, batches, "mnz", cfg, 0, None)
+    assert all(lin.qweight is not None for owner, names in pipeline.LINEAR_GROUPS
+               for lin in pipeline._group_linears(layer, owner, names))
+    assert len(outs) == len(batches) == 3
+    for (y, kw_out), (x, kw) in zip(outs, batches):
+        assert kw_out is kw
+        with torch.no_grad():
+            assert torch.equal(y, pipeline._layer_forward(layer, x, kw))
+    assert "forward" not in layer.self_attn.__dict__ and "forward" not in layer.mlp.__dict__
