@@ -7,10 +7,12 @@ the full config. `write_report` writes `results.json`, `results.md` and the plot
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
 
+from qift_hw.errors import QiftError
 from qift_hw.io import save_figure, write_json, write_text
 
 TWO_BIT_ORDER = ("std", "asym", "pm12", "mnz", "pot_mnz", "lloyd", "nf2")
@@ -168,6 +170,37 @@ def plot_ratio_sweep(rows: list[dict], path: str | os.PathLike) -> None:
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+MERGE_KEYS = ("model", "text", "eval_windows", "seqlen", "device")
+"""Meta fields that must agree for runs to share one table (the same model, tokens and device)."""
+
+
+def merge_results(parts: list[dict]) -> tuple[list[dict], dict]:
+    """Rows and meta of several results files ({"meta", "rows"}) as one table.
+
+    Runs must share MERGE_KEYS (else QiftError naming the field); a run (label and config) seen twice is kept once,
+    the first time. The merged meta keeps the shared fields and lists each part's command.
+    """
+    if not parts:
+        raise QiftError("no results to merge")
+    ref = parts[0].get("meta", {})
+    for i, part in enumerate(parts[1:], start=2):
+        meta = part.get("meta", {})
+        for k in MERGE_KEYS:
+            if meta.get(k) != ref.get(k):
+                raise QiftError(f"results {i} has {k}={meta.get(k)!r} but results 1 has {ref.get(k)!r}; "
+                                "only runs on the same model, tokens and device share a table")
+    rows, seen = [], set()
+    for part in parts:
+        for row in part.get("rows", []):
+            key = (row.get("label"), json.dumps(row.get("config"), sort_keys=True))
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    meta = {"title": "qift-hw results (merged)", **{k: ref.get(k) for k in MERGE_KEYS if k in ref},
+            "commands": [p.get("meta", {}).get("command") for p in parts]}
+    return rows, meta
 
 
 def write_report(rows: list[dict], folder: str | os.PathLike, meta: dict | None = None, plots: bool = True) -> Path:

@@ -68,3 +68,57 @@ def test_report_tables(tmp_path):
     md = write_report(rows, tmp_path, {"title": "t"}).read_text()
     assert "| FP | W16A16 |" in md and "0.300 (1)" in md
     assert (tmp_path / "results.json").is_file() and (tmp_path / "residuals.png").is_file()
+
+
+def _part(command, rows, windows=8):
+    return {"meta": {"command": command, "model": "smollm2", "text": "pydoc", "eval_windows": windows,
+                     "seqlen": 2048, "device": "cpu"}, "rows": rows}
+
+
+def _qrow(label, levels, method, ppl, a_bits=4):
+    return {"label": label, "kind": "quant", "levels": levels, "method": method, "ppl": ppl, "weights": "W2",
+            "a_bits": a_bits, "kv_bits": a_bits, "config": {"levels": levels, "method": method, "a_bits": a_bits}}
+
+
+def test_merge_results_keeps_each_run_once_and_refuses_other_tokens():
+    from qift_hw.errors import QiftError
+    from qift_hw.report import merge_results, pivot_table
+
+    fp = {"label": "FP", "kind": "fp", "ppl": 10.9, "weights": "W16", "a_bits": 16, "kv_bits": 16, "config": None}
+    a = _part("eval a", [fp, _qrow("mnz rtn W2A4KV4", "mnz", "rtn", 9000.0)])
+    b = _part("eval b", [dict(fp, ppl=11.0), _qrow("mnz gptq W2A4KV4", "mnz", "gptq", 70.0),
+                         _qrow("mnz gptq W2A16", "mnz", "gptq", 30.0, a_bits=16)])
+    rows, meta = merge_results([a, b])
+    assert [r["label"] for r in rows] == ["FP", "mnz rtn W2A4KV4", "mnz gptq W2A4KV4", "mnz gptq W2A16"]
+    assert rows[0]["ppl"] == 10.9 and meta["commands"] == ["eval a", "eval b"] and meta["eval_windows"] == 8
+    assert "| mnz | 9000.00 | 70.00 | 30.00 |" in pivot_table(rows)  # settings in order of first appearance
+    with pytest.raises(QiftError, match="eval_windows"):
+        merge_results([a, _part("eval c", [fp], windows=27)])
+
+
+def test_report_cli_merges_files_and_rejects_bad_ones(monkeypatch, capsys, tmp_path):
+    import json
+    import sys
+
+    from qift_hw.cli import main
+
+    def cli(*args):
+        monkeypatch.setattr(sys, "argv", ["qift-hw", *args])
+        try:
+            main()
+        except SystemExit as exc:
+            return exc.code, capsys.readouterr()
+        return 0, capsys.readouterr()
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(_part("eval a", [_qrow("std rtn W2A4KV4", "std", "rtn", 5e4)])))
+    (tmp_path / "b.json").write_text(json.dumps(_part("eval b", [_qrow("std gptq W2A4KV4", "std", "gptq", 98.5)])))
+    code, out = cli("report", str(tmp_path / "a"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m"))
+    assert code == 0, out.err
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert [r["ppl"] for r in merged["rows"]] == [5e4, 98.5]
+    assert "98.50" in (tmp_path / "m" / "results.md").read_text()
+    (tmp_path / "bad.json").write_text("{not json")
+    for bad in ("bad.json", "missing.json"):
+        code, out = cli("report", str(tmp_path / bad), "--out", str(tmp_path / "m2"))
+        assert code == 2 and out.err.startswith("error: ") and out.err.count("\n") == 1, out.err
