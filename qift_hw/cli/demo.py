@@ -15,12 +15,18 @@ import typer
 from qift_hw.cli.app import app
 
 
+DEMO_MIXED = "last:15"
+"""The demo's mixed-precision point: W2 on the last 15 layers (close to what the sensitivity pass picks on this
+model, layers 12-27, without the pass's 30 extra layer quantizations)."""
+
+
 def _stages(out: Path, windows: int, seqlen: int, calib: int, quick: bool) -> list[tuple[str, list[str]]]:
-    eval_args = ["eval", "--table", "demo", "--windows", str(windows), "--seqlen", str(seqlen),
+    eval_args = ["eval", "--table", "demo", "--mixed", DEMO_MIXED, "--windows", str(windows), "--seqlen", str(seqlen),
                  "--calib-windows", str(calib), "--out", str(out / "pipeline"), "--run-root", str(out / "gptq")]
     return [
         ("1. Level sets (algorithm)", ["levels", "--plot", str(out / "levels.png"), "--json", str(out / "levels.json")]),
-        ("2. Rotated W2A4/KV4 pipeline on SmolLM2-135M: FP, rotated FP, std/mnz/pot_mnz GPTQ, mixed point", eval_args),
+        ("2. Rotated W2A4/KV4 pipeline on SmolLM2-135M: FP, rotated FP, std/mnz/pot_mnz GPTQ, mixed point "
+         f"(mnz on {DEMO_MIXED}, int4 elsewhere)", eval_args),
         ("3. Accelerator estimate from the cycle model (32x32 array, W2 vs W4 vs W8)",
          ["estimate", "--model", "smollm2", "--array", "32x32", "--out", str(out / "estimate_smollm2_32x32.json")]),
         ("4. RTL: generate Verilog", ["rtl", "generate"]),
@@ -37,7 +43,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's reports, tables and plots."),
     windows: int = typer.Option(16, "--windows", help="Evaluation windows for the perplexity stage."),
     seqlen: int = typer.Option(512, "--seqlen", help="Evaluation window length (tokens)."),
-    calib: int = typer.Option(32, "--calib-windows", help="GPTQ calibration windows (512 tokens each)."),
+    calib: int = typer.Option(16, "--calib-windows", help="GPTQ calibration windows (512 tokens each)."),
     quick: bool = typer.Option(False, "--quick", help="Smaller area sweep."),
     only: str = typer.Option("", "--only", help="Comma-separated stage numbers to run (default: all)."),
 ) -> None:
