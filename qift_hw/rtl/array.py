@@ -33,18 +33,28 @@ def _slice(port, i: int, shape):
 
 
 class _Array(wiring.Component):
-    def __init__(self, rows: int, cols: int, kind: str, acc_bits: int, ports: dict):
+    dataflow: str
+
+    @staticmethod
+    def _layout(rows: int, cols: int, acc_bits: int, wb: int, ab: int) -> dict[str, tuple[bool, int, int, bool]]:
+        """Data ports in signature order: name -> (is input, lanes, bits per lane, signed)."""
+        raise NotImplementedError
+
+    def __init__(self, rows: int, cols: int, kind: str, acc_bits: int):
         try:
             _check_dims(rows, cols)
+            fmt = pe_format(kind)
             check_acc_bits(acc_bits, kind)
         except QiftError:
             silence_unused(self)
             raise
         self.rows, self.cols, self.kind, self.acc_bits = rows, cols, kind, acc_bits
-        self.fmt = pe_format(kind)
+        self.fmt = fmt
         self.a_shape = signed(self.fmt.act_bits)
         self.acc_shape = signed(acc_bits)
-        super().__init__(ports)
+        self._ports = self._layout(rows, cols, acc_bits, fmt.w_shape.width, fmt.act_bits)
+        super().__init__({"en": In(1), **{name: (In if is_in else Out)(unsigned(n * bits))
+                                          for name, (is_in, n, bits, _) in self._ports.items()}})
 
     def _product(self, m: Module, r: int, c: int, a, w) -> Product:
         prod = Product(self.kind)
@@ -54,14 +64,7 @@ class _Array(wiring.Component):
 
     def lanes(self) -> dict[str, tuple[int, int, bool]]:
         """Vector layout of every data port: name -> (lanes, bits per lane, signed)."""
-        R, C, B = self.rows, self.cols, self.acc_bits
-        wb, ab = self.fmt.w_shape.width, self.fmt.act_bits
-        if self.dataflow == "ws":
-            return {"w_load": (1, 1, False), "w_in": (C, wb, False), "a_in": (R, ab, True), "p_in": (C, B, True),
-                    "ovf_in": (C, 1, False), "pv_in": (C, 1, False), "p_out": (C, B, True),
-                    "ovf_out": (C, 1, False), "pv_out": (C, 1, False)}
-        return {"drain": (1, 1, False), "a_in": (R, ab, True), "w_in": (C, wb, False), "out": (C, B, True),
-                "ovf_out": (C, 1, False), "out_valid": (1, 1, False)}
+        return {name: (n, bits, sig) for name, (_, n, bits, sig) in self._ports.items()}
 
     def params(self) -> dict:
         """The generator parameters of this instance (written into the Verilog header)."""
@@ -81,24 +84,14 @@ class WSArray(_Array):
     dataflow = "ws"
 
     def __init__(self, rows: int, cols: int, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
-        try:
-            fmt = pe_format(kind)
-        except QiftError:
-            silence_unused(self)
-            raise
-        wb, ab = fmt.w_shape.width, fmt.act_bits
-        super().__init__(rows, cols, kind, acc_bits, {
-            "en": In(1),
-            "w_load": In(1),
-            "w_in": In(unsigned(cols * wb)),
-            "a_in": In(unsigned(rows * ab)),
-            "p_in": In(unsigned(cols * acc_bits)),
-            "ovf_in": In(unsigned(cols)),
-            "pv_in": In(unsigned(cols)),
-            "p_out": Out(unsigned(cols * acc_bits)),
-            "ovf_out": Out(unsigned(cols)),
-            "pv_out": Out(unsigned(cols)),
-        })
+        super().__init__(rows, cols, kind, acc_bits)
+
+    @staticmethod
+    def _layout(rows: int, cols: int, acc_bits: int, wb: int, ab: int) -> dict[str, tuple[bool, int, int, bool]]:
+        return {"w_load": (True, 1, 1, False), "w_in": (True, cols, wb, False), "a_in": (True, rows, ab, True),
+                "p_in": (True, cols, acc_bits, True), "ovf_in": (True, cols, 1, False), "pv_in": (True, cols, 1, False),
+                "p_out": (False, cols, acc_bits, True), "ovf_out": (False, cols, 1, False),
+                "pv_out": (False, cols, 1, False)}
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -151,21 +144,13 @@ class OSArray(_Array):
     dataflow = "os"
 
     def __init__(self, rows: int, cols: int, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
-        try:
-            fmt = pe_format(kind)
-        except QiftError:
-            silence_unused(self)
-            raise
-        wb, ab = fmt.w_shape.width, fmt.act_bits
-        super().__init__(rows, cols, kind, acc_bits, {
-            "en": In(1),
-            "drain": In(1),
-            "a_in": In(unsigned(rows * ab)),
-            "w_in": In(unsigned(cols * wb)),
-            "out": Out(unsigned(cols * acc_bits)),
-            "ovf_out": Out(unsigned(cols)),
-            "out_valid": Out(1),
-        })
+        super().__init__(rows, cols, kind, acc_bits)
+
+    @staticmethod
+    def _layout(rows: int, cols: int, acc_bits: int, wb: int, ab: int) -> dict[str, tuple[bool, int, int, bool]]:
+        return {"drain": (True, 1, 1, False), "a_in": (True, rows, ab, True), "w_in": (True, cols, wb, False),
+                "out": (False, cols, acc_bits, True), "ovf_out": (False, cols, 1, False),
+                "out_valid": (False, 1, 1, False)}
 
     def elaborate(self, platform) -> Module:
         m = Module()
