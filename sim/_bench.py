@@ -10,6 +10,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
+from qift_hw.io import write_text
+
 PERIOD_NS = 10
 
 
@@ -24,9 +26,7 @@ def stimulus() -> tuple[Path, dict, dict]:
 
 def write_summary(folder: Path, summary: dict) -> None:
     """Write summary.json for the runner (atomically: temp file, then rename)."""
-    tmp = folder / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary))
-    os.replace(tmp, folder / "summary.json")
+    write_text(folder / "summary.json", json.dumps(summary))
 
 
 async def start(dut, inputs: list[str]) -> None:

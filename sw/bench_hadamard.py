@@ -12,13 +12,13 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from qift_hw import hadamard as hd
+from qift_hw.io import save_figure, write_text
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SIZES = (576, 1536, 4096, 11008, 14336)
@@ -92,16 +92,8 @@ def plot_orders(path: Path) -> None:
     ax.set_title("How qift_hw.hadamard builds H_n (n = K x 2^k, smallest K)")
     ax.legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, dpi=130))
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    with os.fdopen(fd, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -124,7 +116,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "rows": bench(args.batch, args.repeats, device),
     }
-    _atomic_write(args.out, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    write_text(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     if not args.no_plot:
         plot_orders(RESULTS / "hadamard_orders.png")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qift_hw.rtl.generate import array_top, write_atomic, write_top
+from qift_hw.io import write_text
+from qift_hw.rtl.generate import array_top, write_top
 from qift_hw.rtl.replay import port_plan, replay_amaranth
 from qift_hw.rtl.simulate import repo_root, run_bench, simulator_available
 from qift_hw.rtl.stimulus import gemm_trace
@@ -79,7 +80,7 @@ def main() -> None:
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "results": rows_out,
               "note": "rates include cocotb's per-cycle Python work (drive, read, compare); the machine is shared, "
                       "so absolute rates vary with load"}
-    write_atomic(args.out, json.dumps(result, indent=1))
+    write_text(args.out, json.dumps(result, indent=1))
     print(f"saved {args.out}")
 
 

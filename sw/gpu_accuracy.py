@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 
 import torch
 
 from qift_hw.evaluate import evaluate_ppl
+from qift_hw.io import write_text
 from qift_hw.models import tiny_llama
 from qift_hw.pipeline import QuantConfig, quantize_model
 
@@ -71,10 +71,7 @@ def main() -> None:
     data = {"device": torch.cuda.get_device_name(0), "model": {"hidden": args.hidden, "layers": args.layers,
             "vocab": 512, "random": True}, "config": "W2A4KV4, rotation on, levels " + args.levels,
             "rows": rows, "command": "python " + " ".join(sys.argv)}
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, args.out)
+    write_text(args.out, json.dumps(data, indent=1))
 
 
 if __name__ == "__main__":

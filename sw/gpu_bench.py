@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from qift_hw.gpu import tune
+from qift_hw.io import write_text
 from qift_hw.gpu import w2_kernel as wk
 from qift_hw.gpu.packed import PackedW2, dequantize_w2, random_packed
 from qift_hw.gpu.shapes import MODELS
@@ -33,10 +33,7 @@ from qift_hw.gpu.timing import copies_needed, copy_bandwidth, device_info, time_
 
 
 def _save(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1))
 
 
 def _w2_copies(N: int, K: int, n: int) -> list[PackedW2]:

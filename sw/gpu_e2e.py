@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ import time
 import torch
 
 from qift_hw.gpu import tune
+from qift_hw.io import write_text
 from qift_hw.gpu.decoder import Decoder, compiled_glue, step_bytes
 from qift_hw.gpu.shapes import MODELS
 from qift_hw.gpu.timing import copy_bandwidth, device_info
@@ -29,10 +29,7 @@ VARIANTS = {"fp16": ("fp16", "fp16"), "w2": ("w2", "fp16"), "w2_all": ("w2", "w2
 
 
 def _save(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1))
 
 
 def time_step(model: Decoder, batch: int, pos: int, replays: int = 20) -> dict:

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 
+from qift_hw.io import write_text
+
 EST_NAME = {"smollm2-135m": "smollm2", "llama2-7b": "llama2-7b", "llama3-8b": "llama3-8b"}
 
 
@@ -70,10 +72,7 @@ def main() -> None:
                                "gpu_fp16_tokens_per_s": gpu_tok.get((model, "fp16", 1)) if phase == "decode" else None})
     data = {"gpu": bench["device"]["name"], "context": pos, "rows": rows, "totals": totals,
             "command": "python " + " ".join(sys.argv)}
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, args.out)
+    write_text(args.out, json.dumps(data, indent=1))
     print("| accelerator | model | phase | layer (N x K) | estimate us | est. PE util | GPU W2 us | GPU FP16 us |")
     print("|---|---|---|---|---:|---:|---:|---:|")
     for r in rows:

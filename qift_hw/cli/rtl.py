@@ -42,7 +42,8 @@ def generate_cmd(
     """Write Verilog for the chosen configuration, with a header naming the parameters and generator version, and
     beside each file the Yosys scripts of the area flows (`cd rtl/generated && yosys -s <top>.generic.ys`)."""
     from qift_hw.rtl.area import FLOWS, yosys_script
-    from qift_hw.rtl.generate import array_top, hadamard_top, lint as run_lint, pe_top, write_atomic, write_top
+    from qift_hw.io import write_text
+    from qift_hw.rtl.generate import array_top, hadamard_top, lint as run_lint, pe_top, write_top
 
     if top not in TOPS:
         raise QiftError(f"unknown top {top!r}; use one of {', '.join(TOPS)}")
@@ -58,7 +59,7 @@ def generate_cmd(
     for t in tops:
         path = write_top(t, out)
         for flow in FLOWS:
-            write_atomic(path.with_name(f"{t.name}.{flow}.ys"), yosys_script(path.name, t.name, flow))
+            write_text(path.with_name(f"{t.name}.{flow}.ys"), yosys_script(path.name, t.name, flow))
         status = ""
         if lint:
             try:
@@ -90,7 +91,7 @@ def verify_cmd(
     from rich.progress import Progress
     from rich.table import Table
 
-    from qift_hw.rtl.generate import write_atomic
+    from qift_hw.io import write_text
     from qift_hw.rtl.simulate import use_simulator
     from qift_hw.rtl.verify import check_sim_name, coverage_summary, default_cases, run_case
 
@@ -139,9 +140,9 @@ def verify_cmd(
     n_pass = sum(r.passed for r in results)
     console.print(f"{n_pass}/{len(results)} passed on {sim} in {total_s:.0f} s")
     path = json_out or Path("docs/results") / f"rtl_verify_{sim}.json"
-    write_atomic(path, json.dumps({"sim": sim, "seed": seed, "quick": quick, "seconds": round(total_s, 1),
-                                   "passed": n_pass, "total": len(results), "coverage": cov,
-                                   "cases": [r.as_dict() for r in results]}, indent=1))
+    write_text(path, json.dumps({"sim": sim, "seed": seed, "quick": quick, "seconds": round(total_s, 1),
+                                 "passed": n_pass, "total": len(results), "coverage": cov,
+                                 "cases": [r.as_dict() for r in results]}, indent=1))
     console.print(f"saved {path}")
     if n_pass != len(results):
         raise typer.Exit(1)

@@ -135,7 +135,8 @@ def _cache_key(verilog_text: str, yosys: list[str]) -> str:
 
 def synthesise_cached(top, yosys: list[str], cache_dir: Path | None) -> AreaResult:
     """``synthesise`` a generate.Top, reusing a result stored under ``cache_dir`` for the same Verilog and Yosys."""
-    from qift_hw.rtl.generate import verilog_text, write_atomic
+    from qift_hw.io import write_text
+    from qift_hw.rtl.generate import verilog_text
 
     text = verilog_text(top)
     path = None
@@ -147,7 +148,7 @@ def synthesise_cached(top, yosys: list[str], cache_dir: Path | None) -> AreaResu
             return AreaResult(**d)
     res = synthesise(text, top.name, top.params, yosys)
     if path is not None:
-        write_atomic(path, json.dumps(res.as_dict()))
+        write_text(path, json.dumps(res.as_dict()))
     return res
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qift_hw import formats
+from qift_hw.io import save_figure, write_text
 from qift_hw.rtl.area import AreaResult, find_yosys, product_cells, synthesise_cached, yosys_version
 
 PE_KINDS_DEFAULT = ("pot_mnz", "mnz", "std", "int4", "int8")
@@ -133,21 +134,16 @@ def plot(report: dict, path: Path) -> Path:
     fig.text(0.5, 0.005, "Yosys cell counts, not ASIC area (no cell library, no um^2)", ha="center", fontsize=8,
              style="italic")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     """Write rtl_area.json, rtl_area.md and rtl_area.png under ``out_dir`` (atomically)."""
-    from qift_hw.rtl.generate import write_atomic
-
     out_dir = Path(out_dir)
     paths = {"json": out_dir / "rtl_area.json", "md": out_dir / "rtl_area.md", "png": out_dir / "rtl_area.png"}
-    write_atomic(paths["json"], json.dumps(report, indent=1))
-    write_atomic(paths["md"], markdown_table(report))
+    write_text(paths["json"], json.dumps(report, indent=1))
+    write_text(paths["md"], markdown_table(report))
     plot(report, paths["png"])
     return paths

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qift_hw.io import save_figure
+
 
 def _box(ax, x, y, w, h, text, color="#eef3fb", edge="#2c3e50", size=8, weight="normal"):
     from matplotlib.patches import FancyBboxPatch
@@ -110,10 +112,6 @@ def draw(path: Path) -> Path:
         for sp in ax.spines.values():
             sp.set_visible(False)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)

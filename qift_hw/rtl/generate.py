@@ -6,13 +6,12 @@ live side by side in ``rtl/generated/`` and a simulator build directory can be k
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from qift_hw import __version__, formats
 from qift_hw.errors import QiftError
+from qift_hw.io import write_text
 
 GENERATED_DIR = Path("rtl") / "generated"
 
@@ -81,26 +80,12 @@ def verilog_text(top: Top) -> str:
     return header(top) + body
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_top(top: Top, out_dir: Path | str = GENERATED_DIR) -> Path:
     """Write ``top`` as ``<out_dir>/<name>.v`` (atomically) and return the path; reuses an identical file."""
     path = Path(out_dir) / f"{top.name}.v"
     text = verilog_text(top)
     if not (path.exists() and path.read_text() == text):
-        write_atomic(path, text)
+        write_text(path, text)
     return path
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from qift_hw import formats
 from qift_hw.errors import QiftError
+from qift_hw.io import atomic_path
 
 KEEP_CODE_ROWS = 64
 
@@ -92,10 +93,8 @@ def export_tiles(path: Path, layer: int = 3, tokens: int = 16, checkpoint: Path 
     W_cur = model.model.layers[layer].self_attn.q_proj.weight.detach().float()
     q_heads = (X[:4].float() @ W_cur.T).reshape(-1, 64)
     mant, _ = formats.had_input_fixed(q_heads)
-    tmp = Path(path).with_suffix(".tmp.npz")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(tmp, acts=acts.numpy().astype(np.int8), codes=codes[:KEEP_CODE_ROWS],
-                        had_in=mant.numpy().astype(np.int32), source=np.array(source),
-                        meta=np.array(json.dumps({"layer": layer, "tokens": tokens, "level_set": level_set})))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, acts=acts.numpy().astype(np.int8), codes=codes[:KEEP_CODE_ROWS],
+                            had_in=mant.numpy().astype(np.int32), source=np.array(source),
+                            meta=np.array(json.dumps({"layer": layer, "tokens": tokens, "level_set": level_set})))
     return Path(path)
