@@ -143,9 +143,9 @@ def run_points(
     """Evaluate every point on a deep copy of `base_model` (float, un-rotated, on CPU); returns result rows.
 
     on_row(row) is called after each run (e.g. to write partial results); export: save the (single) quantized
-    model of the last quantized point there; backend(model, weights): called on each quantized model (with its QuantizedModel.weights) before its
-    evaluation (e.g. to route its linears through the integer model), returning a dict stored in the row under
-    "backend".
+    model of the last quantized point there; backend(model, weights): called on each quantized model with its
+    QuantizedModel.weights before the evaluation (e.g. to route its linears through the integer model); the dict
+    it returns is stored in the row under "backend".
     """
     rows = []
     for k, point in enumerate(points):

@@ -77,8 +77,9 @@ class QLinear(nn.Linear):
             self.int_weight, self.int_scale, self.int_level_set = None, None, None
             return
         if tuple(weight.shape) != tuple(self.weight.shape) or scale is None or scale.numel() != self.out_features:
-            raise QiftError(f"{self.name}: integer weight {tuple(weight.shape)} with {None if scale is None else scale.numel()} "
-                            f"scales does not fit a {self.out_features}x{self.in_features} layer")
+            n_scales = None if scale is None else scale.numel()
+            raise QiftError(f"{self.name}: integer weight {tuple(weight.shape)} with {n_scales} scales does not fit a "
+                            f"{self.out_features}x{self.in_features} layer")
         if self.a_bits == FLOAT_BITS:
             raise QiftError(f"{self.name}: the integer-product mode needs quantized activations (a_bits < 16)")
         if not exact_float_products(self.in_features, self.a_bits, int(weight.abs().max())):

@@ -81,7 +81,8 @@ def main() -> None:
     per_window = t["eval_quant_s"] / ev.shape[0]
 
     result = {
-        "what": f"W2A4KV4 GPTQ ({args.levels}, true_sequential={cfg.true_sequential}) on SmolLM2-135M, calibration {args.calib_windows} x {args.calib_seqlen} "
+        "what": f"W2A4KV4 GPTQ ({args.levels}, true_sequential={cfg.true_sequential}) on SmolLM2-135M, "
+                f"calibration {args.calib_windows} x {args.calib_seqlen} "
                 f"tokens, evaluation {ev.shape[0]} x {args.seqlen} tokens (pydoc eval split)",
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__, "device": args.device,

@@ -111,7 +111,8 @@ def test_report_cli_merges_files_and_rejects_bad_ones(monkeypatch, capsys, tmp_p
         return 0, capsys.readouterr()
 
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "results.json").write_text(json.dumps(_part("eval a", [_qrow("std rtn W2A4KV4", "std", "rtn", 5e4)])))
+    part_a = _part("eval a", [_qrow("std rtn W2A4KV4", "std", "rtn", 5e4)])
+    (tmp_path / "a" / "results.json").write_text(json.dumps(part_a))
     (tmp_path / "b.json").write_text(json.dumps(_part("eval b", [_qrow("std gptq W2A4KV4", "std", "gptq", 98.5)])))
     code, out = cli("report", str(tmp_path / "a"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m"))
     assert code == 0, out.err

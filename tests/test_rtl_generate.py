@@ -87,6 +87,7 @@ def test_cli_generate_writes_and_lints(monkeypatch, capsys, tmp_path):
     assert code == 0, out + err
     names = sorted(p.name for p in tmp_path.glob("*.v"))
     assert names == ["qift_array_ws_2x3_pot_mnz_a32.v", "qift_hadamard_q4_16_i16.v", "qift_pe_pot_mnz_a32.v"]
-    assert sorted(p.name for p in tmp_path.glob("*.ys")) == sorted(f"{n[:-2]}.{f}.ys" for n in names for f in ("generic", "ice40"))
+    scripts = sorted(f"{n[:-2]}.{flow}.ys" for n in names for flow in ("generic", "ice40"))
+    assert sorted(p.name for p in tmp_path.glob("*.ys")) == scripts
     if simulator_available("verilator") is None:
         assert out.count("lint: clean") == 3

@@ -19,6 +19,7 @@ int = PyTorch with exact integer products (`pipeline.set_integer_products`), sim
 
 def eval_backend(name: str, hadamard: str = "unit", acc_bits: int | None = None, overflow: str = "saturate"):
     """A `run_points` backend hook for ``name`` (None for the default torch path)."""
+    from qift_hw import formats
     from qift_hw.errors import QiftError
 
     if name not in BACKENDS:
@@ -29,6 +30,7 @@ def eval_backend(name: str, hadamard: str = "unit", acc_bits: int | None = None,
         raise QiftError(f"unknown Hadamard mode {hadamard!r}; use one of {', '.join(HADAMARD_MODES)}")
     if name == "torch":
         return None
+    acc_bits = acc_bits or formats.ACC_BITS
 
     def hook(model: Any, weights: dict) -> dict:
         from qift_hw.pipeline import set_integer_products
@@ -37,15 +39,9 @@ def eval_backend(name: str, hadamard: str = "unit", acc_bits: int | None = None,
             layers = set_integer_products(model, weights)
             return {"name": "int", "layers": len(layers)}
         layers = install_sim_backend(model, weights, hadamard=hadamard, acc_bits=acc_bits, overflow=overflow)
-        return {"name": "sim", "hadamard": hadamard, "acc_bits": acc_bits or _acc_bits(), "layers": len(layers)}
+        return {"name": "sim", "hadamard": hadamard, "acc_bits": acc_bits, "layers": len(layers)}
 
     return hook
-
-
-def _acc_bits() -> int:
-    from qift_hw import formats
-
-    return formats.ACC_BITS
 
 
 def install_sim_backend(model: Any, weights: dict, hadamard: str = "unit", acc_bits: int | None = None,
