@@ -646,10 +646,8 @@ def quantize_model(
             resumed += 1
         elif config.method == "gptq" and config.true_sequential:
             lw, lrec, outs = _quantize_layer_sequential(layer, batches, ls_name, config, i, timer)
-        elif config.method == "gptq":
-            lw, lrec = quantize_layer(layer, batches, ls_name, config, i, timer)
         else:
-            lw, lrec = quantize_layer(layer, [], ls_name, config, i, timer)
+            lw, lrec = quantize_layer(layer, batches if config.method == "gptq" else [], ls_name, config, i, timer)
         if run is not None and loaded is None:
             _save_layer(run, i, lw, lrec)
         weights.update(lw)
