@@ -45,6 +45,7 @@ demo: setup
 	$(VENV)/bin/qift-hw demo
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-slow: setup

@@ -10,13 +10,13 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
-from qift_hw.io import write_text
+from qift_hw.core.io import write_text
 
 PERIOD_NS = 10
 
 
 def stimulus() -> tuple[Path, dict, dict]:
-    """(bench folder, config, arrays) written by qift_hw.rtl.simulate.run_bench."""
+    """(bench folder, config, arrays) written by qift_hw.verify.simulate.run_bench."""
     folder = Path(os.environ["QIFT_BENCH_DIR"])
     config = json.loads((folder / "config.json").read_text())
     with np.load(folder / "arrays.npz") as z:

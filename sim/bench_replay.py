@@ -14,7 +14,7 @@ import cocotb
 from cocotb.triggers import FallingEdge, ReadOnly
 
 from _bench import start, stimulus, write_summary
-from qift_hw.rtl.replay import describe_mismatch, packed_trace
+from qift_hw.verify.replay import describe_mismatch, packed_trace
 
 
 @cocotb.test()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from qift_hw import hadamard as hd
-from qift_hw.io import save_figure, write_text
+from qift_hw.core import hadamard as hd
+from qift_hw.core.io import save_figure, write_text
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SIZES = (576, 1536, 4096, 11008, 14336)
@@ -89,7 +89,7 @@ def plot_orders(path: Path) -> None:
     ax.set_yticks([])
     ax.set_ylim(0, 1.35)
     ax.set_xlabel("order n (multiples of 4 up to MAX_K)")
-    ax.set_title("How qift_hw.hadamard builds H_n (n = K x 2^k, smallest K)")
+    ax.set_title("How qift_hw.core.hadamard builds H_n (n = K x 2^k, smallest K)")
     ax.legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
     fig.tight_layout()
     save_figure(fig, path, dpi=130)

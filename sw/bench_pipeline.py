@@ -34,12 +34,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from qift_hw.data import get_windows
-    from qift_hw.evaluate import evaluate_ppl
-    from qift_hw.io import write_json
-    from qift_hw.models import load_model
-    from qift_hw.pipeline import QuantConfig, quantize_model
-    from qift_hw.rotation import rotate_model
+    from qift_hw.algo.data import get_windows
+    from qift_hw.algo.evaluate import evaluate_ppl
+    from qift_hw.core.io import write_json
+    from qift_hw.algo.models import load_model
+    from qift_hw.algo.pipeline import QuantConfig, quantize_model
+    from qift_hw.algo.rotation import rotate_model
 
     load_before = os.getloadavg()
     t = {}

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qift_hw.io import write_text
+from qift_hw.core.io import write_text
 from qift_hw.rtl.generate import array_top, write_top
-from qift_hw.rtl.replay import port_plan, replay_amaranth
-from qift_hw.rtl.simulate import repo_root, run_bench, simulator_available
-from qift_hw.rtl.stimulus import gemm_trace
+from qift_hw.verify.replay import port_plan, replay_amaranth
+from qift_hw.verify.simulate import repo_root, run_bench, simulator_available
+from qift_hw.verify.stimulus import gemm_trace
 
 
 def _gemm_for(rows: int, cols: int, target_cycles: int, seed: int = 0):

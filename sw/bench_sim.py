@@ -53,8 +53,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from qift_hw.formats import weight_int_values
-    from qift_hw.io import write_json
+    from qift_hw.core.formats import weight_int_values
+    from qift_hw.core.io import write_json
     from qift_hw.sim import matmul, prepare_weights
 
     torch.set_num_threads(args.threads)

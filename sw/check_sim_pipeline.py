@@ -26,10 +26,10 @@ def code_flips(model, weights, ids) -> list[dict]:
     the integer model (float Hadamard) instead of the fake-quant path, on the same tokens."""
     import torch
 
-    from qift_hw import formats
-    from qift_hw.cli.sim_backend import install_sim_backend, remove_sim_backend
-    from qift_hw.hadamard import hadamard_transform
-    from qift_hw.qmodel import iter_qlinears
+    from qift_hw.core import formats
+    from qift_hw.bridge.sim_backend import install_sim_backend, remove_sim_backend
+    from qift_hw.core.hadamard import hadamard_transform
+    from qift_hw.algo.qmodel import iter_qlinears
 
     def capture():
         seen, hooks = {}, []
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--levels", default="pot_mnz", help="2-bit level set for the W2 layers")
     ap.add_argument("--method", default="gptq", help="gptq or rtn")
     ap.add_argument("--scale-method", default="mse", help="mse (clip search, slow on a busy machine) or maxabs")
-    ap.add_argument("--w2-layers", default="all", help="which decoder layers are W2 (see qift_hw.mixed)")
+    ap.add_argument("--w2-layers", default="all", help="which decoder layers are W2 (see qift_hw.algo.mixed)")
     ap.add_argument("--other-bits", type=int, default=16, help="weight bits of the other layers (16 = float)")
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--calib-seqlen", type=int, default=256)
@@ -76,12 +76,12 @@ def main() -> None:
 
     import torch
 
-    from qift_hw.cli.sim_backend import compare_linears, float64_linears, install_sim_backend, remove_sim_backend
-    from qift_hw.data import eval_windows
-    from qift_hw.evaluate import evaluate_ppl
-    from qift_hw.io import write_json
-    from qift_hw.models import load_model
-    from qift_hw.pipeline import QuantConfig, quantize_model, set_integer_products
+    from qift_hw.bridge.sim_backend import compare_linears, float64_linears, install_sim_backend, remove_sim_backend
+    from qift_hw.algo.data import eval_windows
+    from qift_hw.algo.evaluate import evaluate_ppl
+    from qift_hw.core.io import write_json
+    from qift_hw.algo.models import load_model
+    from qift_hw.algo.pipeline import QuantConfig, quantize_model, set_integer_products
 
     torch.set_num_threads(args.threads)
     model, tok = load_model(None)

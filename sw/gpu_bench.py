@@ -24,11 +24,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from qift_hw.gpu import tune
-from qift_hw.io import write_text
+from qift_hw.gpu import dispatch
+from qift_hw.core.io import write_text
 from qift_hw.gpu import w2_kernel as wk
 from qift_hw.gpu.packed import PackedW2, dequantize_w2, random_packed
-from qift_hw.gpu.shapes import MODELS
+from qift_hw.core.shapes import MODELS, load_model_shape
 from qift_hw.gpu.timing import copies_needed, copy_bandwidth, device_info, time_graph
 
 
@@ -76,12 +76,12 @@ def bench_shape(N: int, K: int, Ms: list[int], l2: int, with_triton: bool, with_
         add("fp16", fp16_bytes, n16, lambda i: F.linear(x, w16[i]))
 
         for mode in ["ptx"] + (["triton"] if with_triton and M <= 16 else []):
-            tuned = tune.autotune(M, N, K, mode, pw=w2[0], x=x, copies=w2)
+            tuned = dispatch.autotune(M, N, K, mode, pw=w2[0], x=x, copies=w2)
             kind, cfg = tuned["best"]
-            y = wk.w2_matmul(x, w2[0], impl=mode)
+            y = dispatch.w2_matmul(x, w2[0], impl=mode)
             ref = F.linear(x, ref_w).float()
             err = float((y.float() - ref).norm() / ref.norm())
-            call = lambda i, k=kind, c=cfg: wk.run_config(k, x, w2[i], mode, c)  # noqa: E731
+            call = lambda i, k=kind, c=cfg: dispatch.run_config(k, x, w2[i], mode, c)  # noqa: E731
             add("w2" if mode == "ptx" else "w2_triton", w2_bytes, n2, call,
                 {"kernel": kind, "config": cfg, "rel_err_vs_fp16_dequant": err, "tuning": tuned["timings"]})
 
@@ -150,7 +150,7 @@ def main() -> None:
             "command": "python " + " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     done: dict[tuple[int, int], list[dict]] = {}
     for mname in args.models.split(","):
-        shape = MODELS[mname]
+        shape = load_model_shape(mname)
         data["models"][mname] = {"shape": shape.__dict__, "layers": {}}
         for (N, K), names in shape.unique_linears().items():
             if args.skip_lm_head and names == ["lm_head"]:
@@ -180,7 +180,7 @@ def per_layer(data: dict, bw_copy: float) -> list[dict]:
     by = {(r["N"], r["K"], r["M"], r["method"]): r for r in data["rows"] if "s" in r}
     out = []
     for mname, m in data["models"].items():
-        lin = {k: v for k, v in MODELS[mname].linears().items() if k != "lm_head"}
+        lin = {k: v for k, v in load_model_shape(mname).weight_shapes().items() if k != "lm_head"}
         for M in data["Ms"]:
             try:
                 f = sum(by[(n, k, M, "fp16")]["s"] for n, k in lin.values())

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from qift_hw.gpu import tune
-from qift_hw.io import write_text
+from qift_hw.gpu import dispatch
+from qift_hw.core.io import write_text
 from qift_hw.gpu.decoder import Decoder, compiled_glue, step_bytes
-from qift_hw.gpu.shapes import MODELS
+from qift_hw.core.shapes import MODELS, load_model_shape
 from qift_hw.gpu.timing import copy_bandwidth, device_info
 
 VARIANTS = {"fp16": ("fp16", "fp16"), "w2": ("w2", "fp16"), "w2_all": ("w2", "w2")}
@@ -66,7 +66,7 @@ def time_step(model: Decoder, batch: int, pos: int, replays: int = 20) -> dict:
 
 
 def run_model(mname: str, batches: list[int], pos: int, bw: float, variants: list[str], glue) -> list[dict]:
-    shape = MODELS[mname]
+    shape = load_model_shape(mname)
     rows = []
     for B in batches:
         for v in variants:
@@ -75,8 +75,8 @@ def run_model(mname: str, batches: list[int], pos: int, bw: float, variants: lis
             check = None
             if weights == "w2":
                 for N, K in {(pw.N, pw.K) for pw in model.w2_weights}:
-                    if not tune.is_tuned(B, N, K, "ptx"):
-                        tune.autotune(B, N, K, "ptx")
+                    if not dispatch.is_tuned(B, N, K, "ptx"):
+                        dispatch.autotune(B, N, K, "ptx")
                 tokens = torch.randint(0, shape.vocab, (B,), device="cuda")
                 y = model.step(tokens, pos).float()
                 model.impl = "torch"

@@ -17,7 +17,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from qift_hw.gpu import w2_kernel as wk
-from qift_hw.levels import get_level_set
+from qift_hw.core.levels import get_level_set
 
 
 def compile_kernel(name: str, ptx: bool, level_set: str = "pot_mnz", **cfg) -> dict:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from qift_hw.io import write_text
+from qift_hw.core.io import write_text
 
 EST_NAME = {"smollm2-135m": "smollm2", "llama2-7b": "llama2-7b", "llama3-8b": "llama3-8b"}
 

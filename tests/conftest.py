@@ -14,6 +14,6 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded SmolLM2-135M (float32, CPU) and its tokenizer, loaded once per test session."""
-    from qift_hw.models import load_model
+    from qift_hw.algo.models import load_model
 
     return load_model(None)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from qift_hw import data
-from qift_hw.errors import QiftError
+from qift_hw.algo import data
+from qift_hw.core.errors import QiftError
 
 
 class CharTokenizer:

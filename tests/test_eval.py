@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from qift_hw.errors import QiftError
-from qift_hw.evaluate import evaluate_ppl, window_nlls
-from qift_hw.models import tiny_llama
+from qift_hw.core.errors import QiftError
+from qift_hw.algo.evaluate import evaluate_ppl, window_nlls
+from qift_hw.algo.models import tiny_llama
 
 torch.set_num_threads(2)
 
@@ -37,8 +37,8 @@ def test_bad_windows(bad):
 
 
 def test_full_preset_has_the_paper_grid():
-    from qift_hw.experiments import preset_points
-    from qift_hw.pipeline import QuantConfig
+    from qift_hw.study.experiments import preset_points
+    from qift_hw.algo.pipeline import QuantConfig
 
     pts = preset_points("full", QuantConfig(), mixed="last:15")
     quant = [p for p in pts if p.kind == "quant"]
@@ -54,7 +54,7 @@ def test_full_preset_has_the_paper_grid():
 
 
 def test_report_tables(tmp_path):
-    from qift_hw.report import pivot_table, write_report
+    from qift_hw.study.report import pivot_table, write_report
 
     rows = [
         {"label": "FP", "kind": "fp", "ppl": 9.3, "weights": "W16", "a_bits": 16, "kv_bits": 16},
@@ -81,8 +81,8 @@ def _qrow(label, levels, method, ppl, a_bits=4):
 
 
 def test_merge_results_keeps_each_run_once_and_refuses_other_tokens():
-    from qift_hw.errors import QiftError
-    from qift_hw.report import merge_results, pivot_table
+    from qift_hw.core.errors import QiftError
+    from qift_hw.study.report import merge_results, pivot_table
 
     fp = {"label": "FP", "kind": "fp", "ppl": 10.9, "weights": "W16", "a_bits": 16, "kv_bits": 16, "config": None}
     a = _part("eval a", [fp, _qrow("mnz rtn W2A4KV4", "mnz", "rtn", 9000.0)])

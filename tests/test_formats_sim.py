@@ -1,11 +1,11 @@
-"""The parts of qift_hw.formats that the bit-accurate model adds: accumulation rule, Hadamard format, dequant."""
+"""The parts of qift_hw.core.formats that the bit-accurate model adds: accumulation rule, Hadamard format, dequant."""
 
 import numpy as np
 import pytest
 import torch
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 
 
 def test_saturating_dot_rule():

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from qift_hw.errors import QiftError
-from qift_hw.gptq import HessianAccumulator, gptq_quantize, relative_output_error, rtn_quantize
-from qift_hw.levels import TWO_BIT_SETS, fit_params, get_level_set
+from qift_hw.core.errors import QiftError
+from qift_hw.algo.gptq import HessianAccumulator, gptq_quantize, relative_output_error, rtn_quantize
+from qift_hw.core.levels import TWO_BIT_SETS, fit_params, get_level_set
 
 ALL_SETS = list(TWO_BIT_SETS) + ["int3", "int4", "ratio:0.3"]
 
@@ -168,8 +168,8 @@ def test_rtn_is_nearest_level(name):
 @pytest.mark.parametrize("name", ALL_SETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_column_quantizer_matches_levels_quantize(name, dtype):
-    from qift_hw.gptq import _ColumnQuantizer
-    from qift_hw.levels import quantize
+    from qift_hw.algo.gptq import _ColumnQuantizer
+    from qift_hw.core.levels import quantize
 
     ls = get_level_set(name)
     W = torch.randn(64, 40, dtype=dtype, generator=torch.Generator().manual_seed(6))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 from qift_hw.gpu.packed import dequantize_w2, from_codes, pack_weight, random_packed, w2_matmul_torch
 
 POT_MNZ = {0: 1.0, 1: 4.0, 2: -1.0, 3: -4.0}  # sign-and-shift: bit 1 = sign, bit 0 = x4
@@ -143,7 +143,7 @@ def _fp16_pair(a, b):
 @pytest.mark.parametrize("level_set", ["pot_mnz", "pm12", "lloyd"])
 def test_ptx_decode_word_emulated(level_set):
     wk = pytest.importorskip("qift_hw.gpu.w2_kernel")
-    from qift_hw.levels import get_level_set
+    from qift_hw.core.levels import get_level_set
 
     table = torch.as_tensor(get_level_set(level_set).level_of_code, dtype=torch.float32)
     lo, hi = wk.fp16_table_bytes(table)
@@ -242,7 +242,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _gpu_case(N, K, M, level_set, seed):
-    from qift_hw.levels import get_level_set
+    from qift_hw.core.levels import get_level_set
 
     codes, scale = _codes_and_scale(N, K, seed)
     pw = from_codes(codes, scale * 0.05, level_set).to("cuda")
@@ -305,14 +305,14 @@ def test_gemv_multi_on_gpu(N, K, M):
 @gpu
 @pytest.mark.parametrize("level_set", ["pot_mnz", "pm12", "lloyd", "std"])
 def test_level_sets_and_large_tiles_on_gpu(level_set):
-    from qift_hw.gpu import w2_kernel as wk
+    from qift_hw.gpu import dispatch, w2_kernel as wk
 
     pw, x, ref = _gpu_case(512, 1024, 300, level_set, 7)
     y = wk.mm(x, pw, "ptx", BM=128, BN=128, BKW=4, num_warps=8)
     assert _rel(y, ref) < 2e-3
     y1 = wk.gemv(x[:1], pw, "ptx")
     assert _rel(y1, ref[:1]) < 2e-3
-    y2 = wk.run_config("deq_mm", x, pw, "ptx", {"BN": 16, "BKW": 16})
+    y2 = dispatch.run_config("deq_mm", x, pw, "ptx", {"BN": 16, "BKW": 16})
     assert _rel(y2, ref) < 2e-3
     W = wk.dequantize(pw, "ptx").double().cpu()
     Wref = wk.dequantize(pw, "triton").double().cpu()
@@ -322,14 +322,14 @@ def test_level_sets_and_large_tiles_on_gpu(level_set):
 @pytest.mark.gpu
 @gpu
 def test_auto_dispatch_and_torch_path_on_gpu():
-    from qift_hw.gpu.w2_kernel import w2_matmul
+    from qift_hw.gpu.dispatch import w2_matmul
 
-    from qift_hw.gpu import tune
+    from qift_hw.gpu import dispatch
 
     for M in (1, 3, 8, 64):
         pw, x, ref = _gpu_case(256, 576, M, "pot_mnz", M)
         assert _rel(w2_matmul(x, pw), ref) < 2e-3
-        tune.autotune(M, 256, 576, "ptx", pw=pw, x=x)
+        dispatch.autotune(M, 256, 576, "ptx", pw=pw, x=x)
         assert _rel(w2_matmul(x, pw), ref) < 2e-3
         assert _rel(w2_matmul(x, pw), ref) < 2e-3
         assert _rel(w2_matmul(x, pw, impl="torch"), ref) < 2e-3

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from qift_hw import hadamard as hd
-from qift_hw.errors import QiftError
+from qift_hw.core import hadamard as hd
+from qift_hw.core.errors import QiftError
 
 LIMIT = 16384
 FULL_CHECK_UP_TO = 1024

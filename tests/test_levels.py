@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from qift_hw.errors import QiftError
-from qift_hw.levels import (LEVEL_SETS, TWO_BIT_SETS, QParams, dequantize, fit_params, gaussian_mse,
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import (LEVEL_SETS, TWO_BIT_SETS, QParams, dequantize, fit_params, gaussian_mse,
                             gaussian_mse_at_scale, get_level_set, pack_codes, quantize, ratio_sweep, unpack_codes)
 
 REFERENCE_MSE = {"lloyd": 0.1175, "mnz": 0.1188, "nf2": 0.1202, "pot_mnz": 0.1205, "std": 0.1494, "pm12": 0.1581}

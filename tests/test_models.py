@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from qift_hw.errors import QiftError
-from qift_hw.models import check_supported, iter_linears, load_model, tiny_llama
+from qift_hw.core.errors import QiftError
+from qift_hw.algo.models import check_supported, iter_linears, load_model, tiny_llama
 
 
 def test_smollm2_loads_untied(smollm2):

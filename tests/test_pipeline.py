@@ -9,13 +9,13 @@ alone with `gptq_quantize`, and requires the same codes.
 import pytest
 import torch
 
-import qift_hw.pipeline as pipeline
-from qift_hw.errors import QiftError
-from qift_hw.gptq import gptq_quantize, rtn_quantize
-from qift_hw.levels import get_level_set
-from qift_hw.mixed import W2Spec, parse_w2_spec, pick_least_sensitive, select_w2_layers
-from qift_hw.models import iter_linears, tiny_llama
-from qift_hw.pipeline import QuantConfig, quantize_model
+import qift_hw.algo.pipeline as pipeline
+from qift_hw.core.errors import QiftError
+from qift_hw.algo.gptq import gptq_quantize, rtn_quantize
+from qift_hw.core.levels import get_level_set
+from qift_hw.algo.mixed import W2Spec, parse_w2_spec, pick_least_sensitive, select_w2_layers
+from qift_hw.algo.models import iter_linears, tiny_llama
+from qift_hw.algo.pipeline import QuantConfig, quantize_model
 
 torch.set_num_threads(2)
 VOCAB = 256
@@ -114,7 +114,7 @@ def test_sequential_gptq_matches_per_linear_reference(rotate, a_bits, kv_bits, l
 
 
 def test_rtn_pipeline_equals_rtn_of_rotated_weights():
-    from qift_hw.rotation import rotate_model
+    from qift_hw.algo.rotation import rotate_model
 
     model = tiny_llama(seed=4, layers=2)
     ref_model = tiny_llama(seed=4, layers=2)

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from qift_hw.models import load_model
+    from qift_hw.algo.models import load_model
 
     torch.set_num_threads(2)
     return load_model("smollm2")
@@ -17,10 +17,10 @@ def smollm2():
 def test_smollm2_gptq_export_round_trip(smollm2, tmp_path):
     import copy
 
-    from qift_hw.data import get_windows
-    from qift_hw.evaluate import evaluate_ppl
-    from qift_hw.export import load_quantized, save_quantized
-    from qift_hw.pipeline import QuantConfig, prepare_model, quantize_model
+    from qift_hw.algo.data import get_windows
+    from qift_hw.algo.evaluate import evaluate_ppl
+    from qift_hw.algo.checkpoint import load_quantized, save_quantized
+    from qift_hw.algo.pipeline import QuantConfig, prepare_model, quantize_model
 
     base, tok = smollm2
     ev = get_windows(tok, "pydoc", "eval", 256, 2)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from qift_hw.errors import QiftError
-from qift_hw.hadamard import hadamard_matrix_float
-from qift_hw.models import tiny_llama
-from qift_hw.qmodel import (
+from qift_hw.core.errors import QiftError
+from qift_hw.core.hadamard import hadamard_matrix_float
+from qift_hw.algo.models import tiny_llama
+from qift_hw.algo.qmodel import (
     AttnQuant,
     QLinear,
     iter_qlinears,
@@ -16,7 +16,7 @@ from qift_hw.qmodel import (
     quantize_model_forward,
     wrap_model,
 )
-from qift_hw.rotation import rotate_model
+from qift_hw.algo.rotation import rotate_model
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
 

@@ -6,12 +6,12 @@ import types
 import pytest
 import torch
 
-from qift_hw.data import get_windows
-from qift_hw.errors import QiftError
-from qift_hw.hadamard import random_hadamard
-from qift_hw.models import tiny_llama
-from qift_hw.qmodel import QLinear
-from qift_hw.rotation import RotationInfo, fuse_norms, rotate_model, rotation_of
+from qift_hw.algo.data import get_windows
+from qift_hw.core.errors import QiftError
+from qift_hw.core.hadamard import random_hadamard
+from qift_hw.algo.models import tiny_llama
+from qift_hw.algo.qmodel import QLinear
+from qift_hw.algo.rotation import RotationInfo, fuse_norms, rotate_model, rotation_of
 
 IDS = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(0))
 

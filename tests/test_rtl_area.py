@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 from qift_hw.rtl.area import find_yosys, synthesise
 from qift_hw.rtl.generate import pe_top, verilog_text, write_top
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 from qift_hw.rtl.array import OSArray, WSArray, make_array
-from qift_hw.rtl.lanes import pack_lanes, unpack_lanes
-from qift_hw.rtl.replay import replay_amaranth, unpack_rows
-from qift_hw.rtl.stimulus import assemble, gemm_trace, result_port
-from qift_hw.rtl.verify import direct_reference
+from qift_hw.verify.lanes import pack_lanes, unpack_lanes
+from qift_hw.verify.replay import replay_amaranth, unpack_rows
+from qift_hw.verify.stimulus import assemble, gemm_trace, result_port
+from qift_hw.verify.cases import direct_reference
 
 
 def _gemm(rng, M, K, N, code_max=4):

@@ -11,8 +11,8 @@ import functools
 
 import pytest
 
-from qift_hw.rtl.simulate import repo_root, simulator_available
-from qift_hw.rtl.verify import default_cases, run_case
+from qift_hw.verify.simulate import repo_root, simulator_available
+from qift_hw.verify.cases import default_cases, run_case
 
 pytestmark = pytest.mark.sim
 BUILD = repo_root() / "sim_build"

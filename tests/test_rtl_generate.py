@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qift_hw.errors import QiftError
-from qift_hw.rtl.generate import array_top, hadamard_top, lint, parse_array_size, pe_top, write_top
-from qift_hw.rtl.lanes import pack_lanes, unpack_lanes
-from qift_hw.rtl.simulate import simulator_available, use_simulator
+from qift_hw.core.errors import QiftError
+from qift_hw.rtl.generate import array_top, hadamard_top, parse_array_size, pe_top, write_top
+from qift_hw.verify.lint import lint
+from qift_hw.verify.lanes import pack_lanes, unpack_lanes
+from qift_hw.verify.simulate import simulator_available, use_simulator
 
 
 @given(st.integers(1, 16), st.integers(1, 40), st.booleans(), st.data())
@@ -53,7 +54,7 @@ def test_parse_size():
 
 def test_missing_simulator_is_one_line(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("qift_hw.rtl.simulate.verilator_bin_dir", lambda: None)
+    monkeypatch.setattr("qift_hw.verify.simulate.verilator_bin_dir", lambda: None)
     for sim in ("icarus", "verilator"):
         with pytest.raises(QiftError) as exc:
             use_simulator(sim)

@@ -1,19 +1,19 @@
-"""Amaranth-simulator tests of the pipelined Hadamard unit against qift_hw.hadamard and the model."""
+"""Amaranth-simulator tests of the pipelined Hadamard unit against qift_hw.core.hadamard and the model."""
 
 import numpy as np
 import pytest
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
-from qift_hw.hadamard import hadamard_matrix, split_order
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.hadamard import hadamard_matrix, split_order
 from qift_hw.rtl.hadamard import HadamardUnit
-from qift_hw.rtl.replay import replay_amaranth, unpack_rows
-from qift_hw.rtl.stimulus import hadamard_trace
+from qift_hw.verify.replay import replay_amaranth, unpack_rows
+from qift_hw.verify.stimulus import hadamard_trace
 
 
 @pytest.mark.parametrize("n,in_bits", [(2, 16), (8, 16), (12, 16), (24, 16), (40, 8), (64, 16)])
 def test_stream_matches_matrix(n, in_bits):
-    """Vectors with gaps and stalls: each output equals H_n x (qift_hw.hadamard's matrix) exactly, `latency`
+    """Vectors with gaps and stalls: each output equals H_n x (qift_hw.core.hadamard's matrix) exactly, `latency`
     advancing cycles after its input, extremes included, and a reset mid-stream clears the pipeline."""
     unit = HadamardUnit(n, in_bits)
     K, p = split_order(n)
@@ -62,7 +62,7 @@ def test_quantizer_matches_formats_on_ties_and_ranges():
     from amaranth.sim import Simulator
 
     from qift_hw.rtl.hadamard import Int4Quantizer
-    from qift_hw.rtl.lanes import pack_lanes, unpack_lanes
+    from qift_hw.verify.lanes import pack_lanes, unpack_lanes
 
     n, yb = 8, 25
     rng = np.random.default_rng(5)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 from qift_hw.rtl.pe import PE_KINDS, MacPE, Product, pe_format
-from qift_hw.rtl.replay import replay_amaranth
-from qift_hw.rtl.stimulus import pe_trace
+from qift_hw.verify.replay import replay_amaranth
+from qift_hw.verify.stimulus import pe_trace
 
 
 def _weight_of(kind: str, w: int) -> int:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qift_hw import formats
-from qift_hw.levels import get_level_set
+from qift_hw.core import formats
+from qift_hw.core.levels import get_level_set
 from qift_hw.sim.array import OSArray, WSArray, array_gemm, os_pass, ws_pass
 from qift_hw.sim.cycle_model import os_gemm_cycles, ws_gemm_cycles
 

@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from qift_hw.cli.app import app
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 from qift_hw.sim.array import array_gemm
 from qift_hw.sim.cycle_model import HwConfig, gemm_row, had_cycles, model_report, ws_m_tile
-from qift_hw.sim.model_shapes import BUILTIN, load_model_shape
+from qift_hw.core.shapes import MODELS, load_model_shape
 
 
 @pytest.mark.parametrize("dataflow", ["ws", "os"])
@@ -28,7 +28,7 @@ def test_gemm_row_cycles_equal_stepped_array(dataflow, M, K, N, R, C):
 
 
 def test_model_report_totals_and_formats():
-    shape = BUILTIN["smollm2"]
+    shape = MODELS["smollm2"]
     hw = HwConfig(dataflow="os", dram_gbps=16)
     reps = {b: model_report(shape, hw, b, "decode", seq=256) for b in (2, 4, 8)}
     lin_macs = sum(K * N for _, K, N, _ in shape.linears()) * shape.layers

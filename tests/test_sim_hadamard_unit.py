@@ -1,11 +1,11 @@
-"""Integer Hadamard unit against qift_hw.hadamard (independent reference), bit growth, and the INT4 quantizer."""
+"""Integer Hadamard unit against qift_hw.core.hadamard (independent reference), bit growth, and the INT4 quantizer."""
 
 import numpy as np
 import pytest
 import torch
 
-from qift_hw import formats
-from qift_hw.hadamard import hadamard_matrix, hadamard_transform, split_order
+from qift_hw.core import formats
+from qift_hw.core.hadamard import hadamard_matrix, hadamard_transform, split_order
 from qift_hw.sim.hadamard_unit import hadamard_int, hadamard_quantize
 
 

@@ -8,9 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
-from qift_hw.levels import get_level_set, pack_codes
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import get_level_set, pack_codes
 from qift_hw.sim import SaturationWarning, matmul, prepare_weights
 from qift_hw.sim.pe import pe_product
 

@@ -11,13 +11,13 @@ import math
 import pytest
 import torch
 
-from qift_hw import formats
-from qift_hw.cli.sim_backend import install_sim_backend, remove_sim_backend
-from qift_hw.evaluate import evaluate_ppl
-from qift_hw.hadamard import hadamard_transform
-from qift_hw.levels import get_level_set
-from qift_hw.models import iter_linears, tiny_llama
-from qift_hw.pipeline import QuantConfig, quantize_model
+from qift_hw.core import formats
+from qift_hw.bridge.sim_backend import install_sim_backend, remove_sim_backend
+from qift_hw.algo.evaluate import evaluate_ppl
+from qift_hw.core.hadamard import hadamard_transform
+from qift_hw.core.levels import get_level_set
+from qift_hw.algo.models import iter_linears, tiny_llama
+from qift_hw.algo.pipeline import QuantConfig, quantize_model
 from qift_hw.sim.linear import SimLinear
 
 U = 2.0**-24
@@ -106,8 +106,8 @@ def test_smollm2_every_w2_linear_and_perplexity(smollm2):
     """
     import copy
 
-    from qift_hw.cli.sim_backend import compare_linears, float64_linears
-    from qift_hw.data import eval_windows
+    from qift_hw.bridge.sim_backend import compare_linears, float64_linears
+    from qift_hw.algo.data import eval_windows
 
     model, tok = smollm2
     model = copy.deepcopy(model)
@@ -122,7 +122,7 @@ def test_smollm2_every_w2_linear_and_perplexity(smollm2):
     ppl_ref = evaluate_ppl(qm.model, evalw, progress=False)
     with float64_linears(qm.model):
         ppl_64 = evaluate_ppl(qm.model, evalw, progress=False)
-    from qift_hw.pipeline import set_integer_products
+    from qift_hw.algo.pipeline import set_integer_products
 
     set_integer_products(qm.model, qm.weights)
     ppl_int = evaluate_ppl(qm.model, evalw, progress=False)
@@ -139,7 +139,7 @@ def test_integer_products_are_exact(levels):
     """The PyTorch integer-product mode: each W2 linear's output equals formats.dequantize_acc applied to an
     independent int64 product of the INT4 codes and the decoded integer weights, and stays within the FP32
     bound of the fake-quant (dequantized-weight) product."""
-    from qift_hw.pipeline import set_integer_products
+    from qift_hw.algo.pipeline import set_integer_products
 
     qm, calib = quantized_tiny(levels, seed=5)
     inputs = linear_inputs(qm.model, calib[:2])
@@ -167,8 +167,8 @@ def test_sim_backend_equals_integer_products_bit_for_bit(levels):
     """Whole model: the bit-accurate model (float Hadamard, so the same INT4 codes) and the PyTorch integer-product
     mode give identical logits, hence identical perplexity; through run_points' backend hooks as `qift-hw eval
     --backend int|sim` uses them."""
-    from qift_hw.cli.sim_backend import eval_backend
-    from qift_hw.experiments import quant_point, run_points
+    from qift_hw.bridge.sim_backend import eval_backend
+    from qift_hw.study.experiments import quant_point, run_points
 
     model = tiny_llama(seed=6, layers=2, hidden=64, intermediate=192)
     calib = torch.randint(0, 256, (6, 32), generator=torch.Generator().manual_seed(2))
@@ -185,8 +185,8 @@ def test_sim_backend_equals_integer_products_bit_for_bit(levels):
 
 
 def test_integer_mode_refuses_what_it_cannot_do_exactly():
-    from qift_hw.errors import QiftError
-    from qift_hw.qmodel import QLinear
+    from qift_hw.core.errors import QiftError
+    from qift_hw.algo.qmodel import QLinear
 
     lin = QLinear(torch.nn.Linear(16, 4, bias=False), "x")
     w = torch.ones(4, 16)
@@ -203,8 +203,8 @@ def test_integer_mode_refuses_what_it_cannot_do_exactly():
 
 
 def test_unknown_backend_is_a_clear_error():
-    from qift_hw.cli.sim_backend import eval_backend
-    from qift_hw.errors import QiftError
+    from qift_hw.bridge.sim_backend import eval_backend
+    from qift_hw.core.errors import QiftError
 
     with pytest.raises(QiftError, match="unknown backend"):
         eval_backend("gpu")

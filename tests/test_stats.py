@@ -8,8 +8,8 @@ import pytest
 import scipy.stats
 import torch
 
-from qift_hw import stats
-from qift_hw.errors import QiftError
+from qift_hw.algo import stats
+from qift_hw.core.errors import QiftError
 
 RNG = np.random.default_rng(0)
 SAMPLES = {
@@ -101,7 +101,7 @@ def test_analyze_command(tmp_path):
     from typer.testing import CliRunner
 
     from qift_hw.cli import app
-    from qift_hw.models import tiny_llama
+    from qift_hw.algo.models import tiny_llama
 
     model = tiny_llama(seed=0, hidden=64, intermediate=128)
     gen = torch.Generator().manual_seed(0)

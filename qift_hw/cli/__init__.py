@@ -9,7 +9,7 @@ import pkgutil
 import sys
 
 from qift_hw.cli.app import app
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _mod != "app" and not _mod.startswith("_"):

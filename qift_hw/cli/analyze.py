@@ -14,8 +14,8 @@ STATES = ("original", "fused", "rotated")
 def _collect(model, state: str, rows: dict, progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    from qift_hw.models import iter_linears
-    from qift_hw.stats import weight_stats
+    from qift_hw.algo.models import iter_linears
+    from qift_hw.algo.stats import weight_stats
 
     for name, lin in tqdm(iter_linears(model), desc=f"stats ({state})", unit="module", disable=not progress):
         rows.setdefault(name, {"name": name, "shape": list(lin.weight.shape)})[state] = weight_stats(lin.weight)
@@ -27,7 +27,7 @@ def _plot(rows: list[dict], qq: dict, example: str, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from qift_hw.io import save_figure
+    from qift_hw.core.io import save_figure
 
     written = []
     panels = (("excess_kurtosis", "|excess kurtosis|"), ("qq_error", "Q-Q error"),
@@ -67,7 +67,7 @@ def _plot(rows: list[dict], qq: dict, example: str, out: Path) -> list[Path]:
 
 
 def _qq_pair(w) -> dict:
-    from qift_hw.stats import qq_points, row_standardized
+    from qift_hw.algo.stats import qq_points, row_standardized
 
     return {"tensor": qq_points(w), "row": qq_points(row_standardized(w))}
 
@@ -98,11 +98,11 @@ def analyze(
     """Zero-centredness, excess kurtosis and Q-Q error of every decoder linear: original, norm-fused, rotated."""
     import torch
 
-    from qift_hw.errors import QiftError
-    from qift_hw.io import write_json, write_text
-    from qift_hw.models import iter_linears, load_model
-    from qift_hw.rotation import check_rotatable, fuse_norms, rotate_model
-    from qift_hw.stats import markdown_table, summarize, summarize_by_kind
+    from qift_hw.core.errors import QiftError
+    from qift_hw.core.io import write_json, write_text
+    from qift_hw.algo.models import iter_linears, load_model
+    from qift_hw.algo.rotation import check_rotatable, fuse_norms, rotate_model
+    from qift_hw.algo.stats import markdown_table, summarize, summarize_by_kind
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     net, _ = load_model(model, device=device)

@@ -16,7 +16,7 @@ def pe_areas(path: Path, acc_bits: int) -> dict:
     """Generic-cell and iCE40-LUT counts per PE kind from the RTL area report (qift-hw rtl area JSON)."""
     import json
 
-    from qift_hw.errors import QiftError
+    from qift_hw.core.errors import QiftError
 
     try:
         rows = json.loads(Path(path).read_text())["rows"]
@@ -31,7 +31,7 @@ def pe_areas(path: Path, acc_bits: int) -> dict:
 
 
 def _parse_array(text: str) -> tuple[int, int]:
-    from qift_hw.errors import QiftError
+    from qift_hw.core.errors import QiftError
 
     try:
         r, c = (int(v) for v in text.lower().split("x"))
@@ -41,7 +41,7 @@ def _parse_array(text: str) -> tuple[int, int]:
 
 
 def _parse_sram(text: str) -> tuple[float, float, float]:
-    from qift_hw.errors import QiftError
+    from qift_hw.core.errors import QiftError
 
     try:
         vals = [float(v) for v in text.split(",")]
@@ -58,9 +58,9 @@ def run_estimate(model: str, array: str, dataflow: str, seq: int, context: Optio
                  dram_gbps: float, sram_kib: str, formats: str, lm_head_bits: int, attention: bool,
                  area_json: Optional[Path] = None) -> dict:
     """All reports (every weight format, prefill and decode) as one JSON-ready dict."""
-    from qift_hw.errors import QiftError
+    from qift_hw.core.errors import QiftError
     from qift_hw.sim.cycle_model import HwConfig, model_report
-    from qift_hw.sim.model_shapes import load_model_shape
+    from qift_hw.core.shapes import load_model_shape
 
     R, C = _parse_array(array)
     a_kib, w_kib, o_kib = _parse_sram(sram_kib)
@@ -146,7 +146,7 @@ def estimate_cmd(
     """Per-layer cycles, utilisation, SRAM and DRAM traffic, and model totals (tokens/s, bytes/token)."""
     from rich.console import Console
 
-    from qift_hw.io import write_json
+    from qift_hw.core.io import write_json
 
     result = run_estimate(model, array, dataflow, seq, context, clock_mhz, dram_gbps, sram_kib, formats,
                           lm_head_bits, attention, area_json)

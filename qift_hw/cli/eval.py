@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 RUN_ROOT = Path("runs/gptq")
 
@@ -79,8 +79,8 @@ def _model_id(spec: str) -> str:
 def _setup(model: str, text: str, seqlen: int, windows: Optional[int], threads: Optional[int]):
     import torch
 
-    from qift_hw.data import get_windows
-    from qift_hw.models import load_model
+    from qift_hw.algo.data import get_windows
+    from qift_hw.algo.models import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -90,15 +90,15 @@ def _setup(model: str, text: str, seqlen: int, windows: Optional[int], threads: 
 
 
 def _base_config(**kw):
-    from qift_hw.pipeline import QuantConfig
+    from qift_hw.algo.pipeline import QuantConfig
 
     cfg = QuantConfig(**kw)
     return cfg
 
 
 def _finish(rows: list[dict], meta: dict, json_out: Optional[Path], out: Optional[Path]) -> None:
-    from qift_hw.io import write_json
-    from qift_hw.report import markdown_rows, pivot_table, write_report
+    from qift_hw.core.io import write_json
+    from qift_hw.study.report import markdown_rows, pivot_table, write_report
 
     if json_out is not None:
         write_json(json_out, {"meta": meta, "rows": rows})
@@ -111,7 +111,7 @@ def _finish(rows: list[dict], meta: dict, json_out: Optional[Path], out: Optiona
 
 
 def _partial_writer(out: Optional[Path], meta: dict, rows: list[dict]):
-    from qift_hw.io import write_json
+    from qift_hw.core.io import write_json
 
     def on_row(row):
         rows.append(row)
@@ -142,9 +142,9 @@ def eval_cmd(
     backend: str = _backend, sim_hadamard: str = _simhad, progress: bool = _progress,
 ) -> None:
     """Perplexity of FP / rotated / quantized models on non-overlapping windows; prints a Markdown table."""
-    from qift_hw.experiments import grid_points, preset_points, reference_points, run_points
+    from qift_hw.study.experiments import grid_points, preset_points, reference_points, run_points
 
-    from qift_hw.cli.sim_backend import eval_backend
+    from qift_hw.bridge.sim_backend import eval_backend
 
     dev = _device_of(device)
     hook = eval_backend(backend, sim_hadamard)
@@ -187,7 +187,7 @@ def sweep_ratio_cmd(
     progress: bool = _progress,
 ) -> None:
     """Perplexity against the inner/outer ratio of the level set {+-r, +-1} (W2A4KV4 by default)."""
-    from qift_hw.experiments import ratio_points, run_points
+    from qift_hw.study.experiments import ratio_points, run_points
 
     try:
         rs = [float(r) for r in _split(ratios)]
@@ -223,10 +223,10 @@ def quantize_cmd(
     """Quantize a model and save it as a safetensors checkpoint (packed codes, scales, level set, rotation seed)."""
     import torch
 
-    from qift_hw.export import save_quantized
-    from qift_hw.experiments import run_dir_for
-    from qift_hw.models import load_model
-    from qift_hw.pipeline import quantize_model
+    from qift_hw.algo.checkpoint import save_quantized
+    from qift_hw.study.experiments import run_dir_for
+    from qift_hw.algo.models import load_model
+    from qift_hw.algo.pipeline import quantize_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -257,11 +257,11 @@ def eval_checkpoint_cmd(
     """Perplexity of a saved quantized checkpoint."""
     import torch
 
-    from qift_hw.data import get_windows
-    from qift_hw.evaluate import evaluate_ppl
-    from qift_hw.cli.sim_backend import eval_backend
-    from qift_hw.export import load_quantized, quantized_weights, read_metadata
-    from qift_hw.models import load_model
+    from qift_hw.algo.data import get_windows
+    from qift_hw.algo.evaluate import evaluate_ppl
+    from qift_hw.bridge.sim_backend import eval_backend
+    from qift_hw.algo.checkpoint import load_quantized, quantized_weights, read_metadata
+    from qift_hw.algo.models import load_model
 
     if threads:
         torch.set_num_threads(threads)

@@ -17,8 +17,8 @@ def levels_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from qift_hw.io import write_json
-    from qift_hw.levels import level_table, ratio_sweep
+    from qift_hw.core.io import write_json
+    from qift_hw.core.levels import level_table, ratio_sweep
 
     rows = level_table()
     table = Table(title="Level sets (levels in units of the per-channel scale)")
@@ -37,7 +37,7 @@ def levels_cmd(
         write_json(json_out, {"level_sets": rows, "ratio_sweep": sweep})
         console.print(f"wrote {json_out}")
     if plot:
-        from qift_hw.plots import plot_level_sets
+        from qift_hw.study.plots import plot_level_sets
 
         plot_level_sets(rows, sweep, plot)
         console.print(f"wrote {plot}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 
 @app.command("report")
@@ -18,7 +18,7 @@ def report_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the merged results.json, results.md and plots."),
 ) -> None:
     """Merge the runs of several result files (same model, tokens and device) into one report."""
-    from qift_hw.report import markdown_rows, merge_results, pivot_table, write_report
+    from qift_hw.study.report import markdown_rows, merge_results, pivot_table, write_report
 
     parts = []
     for path in results:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 rtl = typer.Typer(help="RTL of the W2 x INT4 accelerator: Verilog generation, cocotb verification, Yosys area.",
                   no_args_is_help=True)
@@ -42,8 +42,9 @@ def generate_cmd(
     """Write Verilog for the chosen configuration, with a header naming the parameters and generator version, and
     beside each file the Yosys scripts of the area flows (`cd rtl/generated && yosys -s <top>.generic.ys`)."""
     from qift_hw.rtl.area import FLOWS, yosys_script
-    from qift_hw.io import write_text
-    from qift_hw.rtl.generate import array_top, hadamard_top, lint as run_lint, pe_top, write_top
+    from qift_hw.core.io import write_text
+    from qift_hw.rtl.generate import array_top, hadamard_top, pe_top, write_top
+    from qift_hw.verify.lint import lint as run_lint
 
     if top not in TOPS:
         raise QiftError(f"unknown top {top!r}; use one of {', '.join(TOPS)}")
@@ -91,9 +92,9 @@ def verify_cmd(
     from rich.progress import Progress
     from rich.table import Table
 
-    from qift_hw.io import write_text
-    from qift_hw.rtl.simulate import use_simulator
-    from qift_hw.rtl.verify import check_sim_name, coverage_summary, default_cases, run_case
+    from qift_hw.core.io import write_text
+    from qift_hw.verify.simulate import use_simulator
+    from qift_hw.verify.cases import check_sim_name, coverage_summary, default_cases, run_case
 
     check_sim_name(sim)
     use_simulator(sim)
@@ -187,9 +188,9 @@ def tiles_cmd(
     out: Path = typer.Option(None, help="Output .npz (default sim/data/smollm2_tiles.npz)."),
 ) -> None:
     """Export small real tiles (INT4 activations, W2 codes, Hadamard inputs) from SmolLM2 for the RTL benches."""
-    from qift_hw.rtl.simulate import repo_root
-    from qift_hw.rtl.tiles import export_tiles
-    from qift_hw.rtl.verify import TILES_FILE
+    from qift_hw.verify.simulate import repo_root
+    from qift_hw.bridge.tiles import export_tiles
+    from qift_hw.verify.cases import TILES_FILE
 
     path = export_tiles(out or repo_root() / TILES_FILE, layer=layer, tokens=tokens, checkpoint=checkpoint)
     typer.echo(f"saved {path}")

@@ -25,8 +25,8 @@ def trace_cmd(
     import numpy as np
 
     from qift_hw.cli.estimate import _parse_array
-    from qift_hw.errors import QiftError
-    from qift_hw.io import atomic_path
+    from qift_hw.core.errors import QiftError
+    from qift_hw.core.io import atomic_path
     from qift_hw.sim.array import OSArray, WSArray, os_pass, ws_pass
     from qift_hw.sim.pe import pe_kind
 

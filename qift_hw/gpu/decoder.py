@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from qift_hw.gpu.packed import PackedW2, random_packed
-from qift_hw.gpu.shapes import ModelShape
+from qift_hw.core.shapes import ModelShape
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,7 +76,7 @@ class Decoder:
         def lin(N, K, kind, s):
             if kind == "fp16":
                 return fp16_linear(N, K, device, gen)
-            from qift_hw.gpu.w2_kernel import w2_matmul
+            from qift_hw.gpu.dispatch import w2_matmul
 
             pw = w2_weight(N, K, device, seed * 1000 + s)
             self.w2_weights.append(pw)
@@ -84,7 +84,7 @@ class Decoder:
 
         self.layers = []
         for i in range(shape.layers):
-            L = {name: lin(N, K, weights, i * 10 + j) for j, (name, (N, K)) in enumerate(shape.linears().items())
+            L = {name: lin(N, K, weights, i * 10 + j) for j, (name, (N, K)) in enumerate(shape.weight_shapes().items())
                  if name != "lm_head"}
             L["ln1"] = torch.ones(shape.hidden, device=device, dtype=dt)
             L["ln2"] = torch.ones(shape.hidden, device=device, dtype=dt)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from qift_hw.errors import QiftError
-from qift_hw.levels import LevelSet, fit_params, get_level_set, pack_codes, quantize, unpack_codes
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import LevelSet, fit_params, get_level_set, pack_codes, quantize, unpack_codes
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 from qift_hw.gpu.packed import PackedW2, w2_matmul_torch
 
 try:
@@ -430,7 +430,7 @@ def _mode(mode: str, x: torch.Tensor) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _levels_of(level_set: str) -> dict:
-    from qift_hw.levels import get_level_set
+    from qift_hw.core.levels import get_level_set
 
     table = torch.as_tensor(get_level_set(level_set).level_of_code, dtype=torch.float32)
     lo, hi = fp16_table_bytes(table)
@@ -523,27 +523,3 @@ def dequantize(pw: PackedW2, mode: str = "ptx", BN: int = 32, BKW: int = 8, num_
                           PTX=ptx, ASM=decode_word_ptx(lv["lo"], lv["hi"]) if ptx else "",
                           L0=lv["L0"], L1=lv["L1"], L2=lv["L2"], L3=lv["L3"], num_warps=num_warps)
     return o
-
-
-def w2_matmul(x: torch.Tensor, pw: PackedW2, impl: str = "auto") -> torch.Tensor:
-    """y = x @ W^T for a packed W2 weight. ``impl``: auto (Triton+PTX on CUDA, PyTorch elsewhere), ptx,
-    triton, torch. Uses the tuned launch parameters from ``qift_hw.gpu.tune`` when they are known."""
-    if impl == "torch" or (impl == "auto" and (x.device.type != "cuda" or not HAVE_TRITON)):
-        return w2_matmul_torch(x, pw)
-    mode = "ptx" if impl == "auto" else impl
-    from qift_hw.gpu.tune import best_config
-
-    M = x.numel() // pw.K
-    kind, cfg = best_config(M, pw.N, pw.K, mode)
-    return run_config(kind, x, pw, mode, cfg)
-
-
-def run_config(kind: str, x: torch.Tensor, pw: PackedW2, mode: str, cfg: dict) -> torch.Tensor:
-    """Launch kernel ``kind`` (gemv, gemv_multi, mm, or deq_mm: decode to fp16 then cuBLAS) with ``cfg``."""
-    if kind == "gemv":
-        return gemv(x, pw, mode, **cfg)
-    if kind == "gemv_multi":
-        return gemv_multi(x, pw, **cfg)
-    if kind == "deq_mm":
-        return torch.nn.functional.linear(x, dequantize(pw, mode, **cfg))
-    return mm(x, pw, mode, **cfg)

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 YOSYS_TIMEOUT_S = 3600
 
@@ -135,7 +135,7 @@ def _cache_key(verilog_text: str, yosys: list[str]) -> str:
 
 def synthesise_cached(top, yosys: list[str], cache_dir: Path | None) -> AreaResult:
     """``synthesise`` a generate.Top, reusing a result stored under ``cache_dir`` for the same Verilog and Yosys."""
-    from qift_hw.io import write_text
+    from qift_hw.core.io import write_text
     from qift_hw.rtl.generate import verilog_text
 
     text = verilog_text(top)

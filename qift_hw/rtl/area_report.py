@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qift_hw import formats
-from qift_hw.io import save_figure, write_text
+from qift_hw.core import formats
+from qift_hw.core.io import save_figure, write_text
 from qift_hw.rtl.area import AreaResult, find_yosys, product_cells, synthesise_cached, yosys_version
 
 PE_KINDS_DEFAULT = ("pot_mnz", "mnz", "std", "int4", "int8")

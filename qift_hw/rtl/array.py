@@ -13,8 +13,8 @@ from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 from qift_hw.rtl.pe import Product, check_acc_bits, pe_format, saturating_add, silence_unused
 
 DATAFLOWS = ("ws", "os")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qift_hw.io import save_figure
+from qift_hw.core.io import save_figure
 
 
 def _box(ax, x, y, w, h, text, color="#eef3fb", edge="#2c3e50", size=8, weight="normal"):

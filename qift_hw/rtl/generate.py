@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from qift_hw import __version__, formats
-from qift_hw.errors import QiftError
-from qift_hw.io import write_text
+from qift_hw import __version__
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.io import write_text
 
 GENERATED_DIR = Path("rtl") / "generated"
 
@@ -96,21 +97,3 @@ def parse_array_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise QiftError(f"array size must look like RxC (e.g. 4x4), got {text!r}") from None
     return r, c
-
-
-def lint(path: Path, top: str) -> list[str]:
-    """Verilator ``--lint-only -Wno-WIDTH`` on one generated file: the warning/error lines (empty = clean).
-
-    WIDTH warnings are Amaranth's implicit sign extensions, expected in its output (see TOOLCHAIN.md).
-    """
-    import subprocess
-
-    from qift_hw.rtl.simulate import use_simulator
-
-    use_simulator("verilator")
-    proc = subprocess.run(["verilator", "--lint-only", "-Wno-WIDTH", "--top-module", top, str(path)],
-                          capture_output=True, text=True, timeout=600)
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("%")]
-    if proc.returncode != 0 and not lines:
-        lines = [f"verilator exited with {proc.returncode}"]
-    return lines

@@ -1,8 +1,8 @@
 """Pipelined Hadamard unit: ``y = H_n x`` on integer vectors, n = K * 2^k, one vector per cycle.
 
-``H_n = H_K kron S_{2^k}`` as in ``qift_hw.hadamard``: the 2^k part is a Walsh-Hadamard butterfly of k stages
+``H_n = H_K kron S_{2^k}`` as in ``qift_hw.core.hadamard``: the 2^k part is a Walsh-Hadamard butterfly of k stages
 (add/subtract pairs at strides 1, 2, ..., 2^(k-1) inside each block of 2^k lanes), then, for K > 1, one stage
-of K x K +-1 row sums across the K blocks (adds only; the matrix comes from ``qift_hw.hadamard``). Every stage
+of K x K +-1 row sums across the K blocks (adds only; the matrix comes from ``qift_hw.core.hadamard``). Every stage
 ends in a register, so a vector presented in cycle t comes out in cycle t + latency. Values grow one bit per
 butterfly stage and ceil(log2 K) bits in the K stage; nothing is normalised: the 1/sqrt(n) is folded into the
 following quantization scale. ``en`` = 0 stalls every register (valid bit included).
@@ -15,23 +15,23 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 from qift_hw.rtl.pe import silence_unused
 
 MAX_LANES = 1024
 
 
 def hadamard_split(n: int) -> tuple[int, int]:
-    """(K, 2^k) with n = K * 2^k, as ``qift_hw.hadamard.split_order`` gives it."""
-    from qift_hw.hadamard import split_order
+    """(K, 2^k) with n = K * 2^k, as ``qift_hw.core.hadamard.split_order`` gives it."""
+    from qift_hw.core.hadamard import split_order
 
     return split_order(n)
 
 
 def k_matrix(n: int) -> np.ndarray:
-    """The K x K +-1 factor of H_n = H_K kron S_{2^k} (int64), read off ``qift_hw.hadamard``'s H_n."""
-    from qift_hw.hadamard import hadamard_matrix
+    """The K x K +-1 factor of H_n = H_K kron S_{2^k} (int64), read off ``qift_hw.core.hadamard``'s H_n."""
+    from qift_hw.core.hadamard import hadamard_matrix
 
     k, m = hadamard_split(n)
     return hadamard_matrix(n).numpy()[::m, ::m].astype(np.int64)

@@ -1,6 +1,6 @@
 """Processing elements: the multiplier-free W2 x INT4 MAC and the multiplier baselines it is compared with.
 
-A PE variant (``kind``) is one of the hardware level sets of ``qift_hw.formats`` (``pot_mnz``, ``mnz``, ``pm12``,
+A PE variant (``kind``) is one of the hardware level sets of ``qift_hw.core.formats`` (``pot_mnz``, ``mnz``, ``pm12``,
 ``std``), whose product with an activation is built from the formats' integer weight table as sign, shift and add
 only, or a multiplier baseline (``int4``: INT4 weight x INT4 activation, ``int8``: INT8 x INT8). All variants share
 one interface (``a``, ``w``, ``en``, ``clr`` in; ``acc``, ``ovf`` out); only the widths of ``a`` and ``w`` differ.
@@ -16,8 +16,8 @@ from amaranth.hdl import Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 
 MULTIPLIER_KINDS = {"int4": 4, "int8": 8}
 """Baseline multiplier PEs: activation and weight width in bits (both signed two's complement)."""

@@ -1,6 +1,6 @@
 """Bit-accurate model of the Qift W2 x INT4 accelerator: PE, MAC array, Hadamard unit, quantized linear, cycles.
 
-Imports formats, levels and hadamard only (never the pipeline or the RTL). Public entry point: `matmul`.
+Imports core only (formats, levels, hadamard, shapes; never the algorithm or the RTL). Public entry point: `matmul`.
 """
 
 from qift_hw.sim._numba import popcount64  # noqa: F401  (sets the Numba threading layer first)

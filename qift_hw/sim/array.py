@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
-from qift_hw.levels import LevelSet
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import LevelSet
 from qift_hw.sim.pe import pe_kind, pe_product
 
 DATAFLOWS = ("ws", "os")

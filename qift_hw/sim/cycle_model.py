@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 from qift_hw.sim.array import DATAFLOWS, os_pass_cycles, ws_pass_cycles
-from qift_hw.sim.model_shapes import ModelShape
+from qift_hw.core.shapes import ModelShape
 
 SCALE_BYTES = 4
 OUT_BYTES = 2
@@ -161,7 +161,7 @@ def had_cycles(vectors: int, n: int, lanes: int) -> int:
     Depth = one vector's fill (the quantizer needs max|y| of the whole vector) + log2(2^k) butterfly stages
     + 1 K stage (if K > 1) + 1 quantizer stage.
     """
-    from qift_hw.hadamard import split_order
+    from qift_hw.core.hadamard import split_order
 
     if vectors == 0:
         return 0

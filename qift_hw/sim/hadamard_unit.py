@@ -1,7 +1,7 @@
 """The Hadamard unit: exact integer butterfly for 2^k, the K x K +-1 stage, then the INT4 quantizer.
 
 Input: per-token block floating point (formats.had_input_fixed: 16-bit mantissas, one exponent per token).
-Stage by stage it computes y = H_n m with H_n = H_K kron S_{2^k} (qift_hw.hadamard's convention): k butterfly
+Stage by stage it computes y = H_n m with H_n = H_K kron S_{2^k} (qift_hw.core.hadamard's convention): k butterfly
 stages (a + b, a - b; one bit of growth each) over the 2^k axis, then for each output row of H_K a sum of K
 inputs with +-1 signs (adds and subtracts; ceil(log2 K) bits). The 1/sqrt(n) is not applied to the data: it is
 folded into the activation scale by the quantizer (formats.had_output_quant).
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from numba import njit
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
-from qift_hw.hadamard import hadamard_matrix, split_order
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.hadamard import hadamard_matrix, split_order
 
 
 @njit(cache=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
-from qift_hw.hadamard import hadamard_transform
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.hadamard import hadamard_transform
 from qift_hw.sim.hadamard_unit import hadamard_quantize
 from qift_hw.sim.matmul import PreparedWeights, matmul, prepare_weights
 

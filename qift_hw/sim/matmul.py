@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 from numba import njit, prange
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
-from qift_hw.levels import LevelSet, get_level_set, unpack_codes
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import LevelSet, get_level_set, unpack_codes
 from qift_hw.sim import bitplane
 from qift_hw.sim.pe import MULT, pe_kind, pe_product_nb
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
-from qift_hw.levels import LevelSet, get_level_set
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import LevelSet, get_level_set
 
 POT_MNZ, MNZ, PM12, STD, MULT = 0, 1, 2, 3, 4
 _KIND_OF_SET = {"pot_mnz": POT_MNZ, "mnz": MNZ, "pm12": PM12, "std": STD}

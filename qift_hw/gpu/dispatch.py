@@ -1,4 +1,5 @@
-"""Launch parameters for the W2 kernels: candidate lists, a timing sweep on the GPU, and a per-shape cache.
+"""Dispatch of the W2 kernels: `w2_matmul` picks a kernel and launch parameters per shape (candidate lists, a
+timing sweep on the GPU, and a per-shape cache).
 
 Which kernel and tile fit depends on the batch M: one row goes to the CUDA-core GEMV, a few rows to the
 tensor-core kernel with the weight on the MMA's wide side (SWAP), prefill sizes to large tiles.
@@ -7,6 +8,10 @@ tensor-core kernel with the weight on the MMA's wide side (SWAP), prefill sizes 
 from __future__ import annotations
 
 import torch
+
+from qift_hw.gpu import w2_kernel as wk
+from qift_hw.gpu.packed import PackedW2, random_packed
+from qift_hw.gpu.timing import copies_needed, time_graph
 
 GEMV_CONFIGS = [dict(BN=bn, BKW=bkw, num_warps=w, prefetch=p) for bn, bkw, w, p in
                 [(4, 64, 2, False), (4, 128, 4, False), (8, 64, 4, False), (4, 64, 2, True), (4, 256, 4, True),
@@ -65,10 +70,6 @@ def autotune(M: int, N: int, K: int, mode: str = "ptx", pw=None, x: torch.Tensor
     from HBM. Returns {"best": (kernel, config), "timings": [...]}; a config that fails to compile or launch
     is recorded with its error and skipped.
     """
-    from qift_hw.gpu import w2_kernel as wk
-    from qift_hw.gpu.packed import PackedW2, random_packed
-    from qift_hw.gpu.timing import copies_needed, time_graph
-
     pw = pw if pw is not None else random_packed(N, K, device="cuda", seed=1)
     x = x if x is not None else torch.randn(M, K, device="cuda", dtype=torch.float16)
     if copies is None:
@@ -79,7 +80,7 @@ def autotune(M: int, N: int, K: int, mode: str = "ptx", pw=None, x: torch.Tensor
     rows = []
     for kind, cfg in candidates(M, mode):
         try:
-            t = time_graph(lambda i, k=kind, c=cfg: wk.run_config(k, x, copies[i], mode, c), len(copies),
+            t = time_graph(lambda i, k=kind, c=cfg: run_config(k, x, copies[i], mode, c), len(copies),
                            calls=max(len(copies), 4 if M >= 256 else 32), replays=5)
         except Exception as exc:  # a tile that does not fit this GPU: skip it, keep the reason
             rows.append((kind, cfg, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"))
@@ -91,3 +92,25 @@ def autotune(M: int, N: int, K: int, mode: str = "ptx", pw=None, x: torch.Tensor
     kind, cfg, _, _ = min(ok, key=lambda r: r[2])
     _CACHE[(_bucket(M), N, K, mode)] = (kind, dict(cfg))
     return {"best": (kind, cfg), "timings": [{"kernel": k, "config": c, "ms": t, "error": e} for k, c, t, e in rows]}
+
+
+def w2_matmul(x: torch.Tensor, pw: PackedW2, impl: str = "auto") -> torch.Tensor:
+    """y = x @ W^T for a packed W2 weight. ``impl``: auto (Triton+PTX on CUDA, PyTorch elsewhere), ptx,
+    triton, torch. Uses the tuned launch parameters from this module when they are known."""
+    if impl == "torch" or (impl == "auto" and (x.device.type != "cuda" or not wk.HAVE_TRITON)):
+        return wk.w2_matmul_torch(x, pw)
+    mode = "ptx" if impl == "auto" else impl
+    M = x.numel() // pw.K
+    kind, cfg = best_config(M, pw.N, pw.K, mode)
+    return run_config(kind, x, pw, mode, cfg)
+
+
+def run_config(kind: str, x: torch.Tensor, pw: PackedW2, mode: str, cfg: dict) -> torch.Tensor:
+    """Launch kernel ``kind`` (gemv, gemv_multi, mm, or deq_mm: decode to fp16 then cuBLAS) with ``cfg``."""
+    if kind == "gemv":
+        return wk.gemv(x, pw, mode, **cfg)
+    if kind == "gemv_multi":
+        return wk.gemv_multi(x, pw, **cfg)
+    if kind == "deq_mm":
+        return torch.nn.functional.linear(x, wk.dequantize(pw, mode, **cfg))
+    return wk.mm(x, pw, mode, **cfg)

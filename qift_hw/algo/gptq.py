@@ -3,7 +3,7 @@
 GPTQ (arXiv 2210.17323) quantizes a linear layer's weight one input column at a time and spreads each
 column's rounding error over the columns not yet quantized, weighted by the inverse Hessian of the layer's
 inputs, so that the layer's *output* on calibration data changes as little as possible. Here the grid is a
-level set from `qift_hw.levels` (any of the 2-bit sets, or int3/int4 for the wider layers) and the per-row
+level set from `qift_hw.core.levels` (any of the 2-bit sets, or int3/int4 for the wider layers) and the per-row
 scale (and zero point for `asym`) is fixed before the loop, as the Qift paper does.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from qift_hw.errors import QiftError
-from qift_hw.levels import LevelSet, QParams, dequantize, fit_params, quantize
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import LevelSet, QParams, dequantize, fit_params, quantize
 
 DAMP_RETRIES = 4
 DAMP_GROWTH = 10.0

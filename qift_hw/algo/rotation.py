@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from qift_hw.errors import QiftError
-from qift_hw.hadamard import hadamard_transform, is_supported, random_hadamard
-from qift_hw.models import check_supported, untie_embeddings
-from qift_hw.qmodel import wrap_model
+from qift_hw.core.errors import QiftError
+from qift_hw.core.hadamard import hadamard_transform, is_supported, random_hadamard
+from qift_hw.algo.models import check_supported, untie_embeddings
+from qift_hw.algo.qmodel import wrap_model
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 from qift_hw.rtl.generate import Top, array_top, hadamard_top, pe_top, write_top
 
 TILES_FILE = Path("sim") / "data" / "smollm2_tiles.npz"
@@ -94,7 +94,7 @@ def direct_reference(acts: np.ndarray, codes: np.ndarray, level_set: str, acc_bi
 
 
 def _observed(summary: dict, name: str, lanes: dict, rows: int) -> np.ndarray:
-    from qift_hw.rtl.replay import unpack_rows
+    from qift_hw.verify.replay import unpack_rows
 
     vals = [int(v, 16) for v in summary["observed"][name]]
     return unpack_rows(vals[-rows:], name, lanes)
@@ -107,7 +107,7 @@ def array_case(name: str, dataflow: str, rows: int, cols: int, acts: np.ndarray,
                level_set: str = "pot_mnz", acc_bits: int = formats.ACC_BITS, stall_prob: float = 0.1,
                reset_frac: float | None = 0.4, seed: int = 0, note: str = "") -> Case:
     """A GEMM acts [M, K] x codes [N, K] through the array, compared lane by lane and as a whole."""
-    from qift_hw.rtl.stimulus import assemble, gemm_trace, result_port
+    from qift_hw.verify.stimulus import assemble, gemm_trace, result_port
     from qift_hw.sim import cycle_model, matmul
 
     acts = np.asarray(acts, dtype=np.int64)
@@ -162,7 +162,7 @@ def array_case(name: str, dataflow: str, rows: int, cols: int, acts: np.ndarray,
 
 def pe_case(name: str, kind: str, acc_bits: int, cycles: int = 400, seed: int = 0) -> Case:
     """A random MAC sequence on one PE (edge activations, every code, clears, saturation both ways)."""
-    from qift_hw.rtl.stimulus import pe_trace
+    from qift_hw.verify.stimulus import pe_trace
 
     top = pe_top(kind, acc_bits)
     tr = pe_trace(kind, acc_bits, cycles, seed)
@@ -191,11 +191,11 @@ def pe_case(name: str, kind: str, acc_bits: int, cycles: int = 400, seed: int = 
 def hadamard_case(name: str, n: int, vectors: np.ndarray, seed: int = 0, note: str = "", quantize: bool = False,
                   exponents: np.ndarray | None = None) -> Case:
     """Stream vectors through the Hadamard unit (and the INT4 quantizer): every valid output vs the model, with
-    its latency; then the outputs taken vs x @ H_n^T (qift_hw.hadamard) and, quantized, formats.had_output_quant."""
+    its latency; then the outputs taken vs x @ H_n^T (qift_hw.core.hadamard) and, quantized, formats.had_output_quant."""
     import torch
 
-    from qift_hw.hadamard import hadamard_matrix
-    from qift_hw.rtl.stimulus import hadamard_trace
+    from qift_hw.core.hadamard import hadamard_matrix
+    from qift_hw.verify.stimulus import hadamard_trace
 
     top = hadamard_top(n, quantize=quantize)
     unit = top.component
@@ -214,7 +214,7 @@ def hadamard_case(name: str, n: int, vectors: np.ndarray, seed: int = 0, note: s
         if not quantize:
             y = _observed(summary, "y", lanes, n_rows)[taken]
             if y.shape != direct.shape or not np.array_equal(y, direct):
-                return ["Hadamard outputs taken from the RTL differ from x @ H_n^T (qift_hw.hadamard)"]
+                return ["Hadamard outputs taken from the RTL differ from x @ H_n^T (qift_hw.core.hadamard)"]
             return []
         q = _observed(summary, "q", lanes, n_rows)[taken]
         s_u = _observed(summary, "scale", lanes, n_rows)[taken][:, 0].astype(np.uint32).view(np.float32)
@@ -253,7 +253,7 @@ def _random_gemm(rng: np.random.Generator, M: int, K: int, N: int, code_max: int
 
 def load_tiles(path: Path | None = None) -> dict | None:
     """The real SmolLM2 tiles written by ``qift-hw rtl tiles`` (None if the file is absent)."""
-    from qift_hw.rtl.simulate import repo_root
+    from qift_hw.verify.simulate import repo_root
 
     p = Path(path) if path else repo_root() / TILES_FILE
     if not p.exists():
@@ -327,8 +327,8 @@ def _had_vectors(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
 
 def run_case(case: Case, sim: str, build_root: Path | None = None, out_dir: Path | None = None) -> CaseResult:
     """Generate, build and simulate one case on ``sim`` and apply its checks."""
-    from qift_hw.rtl.replay import port_plan
-    from qift_hw.rtl.simulate import BUILD_ROOT, run_bench
+    from qift_hw.verify.replay import port_plan
+    from qift_hw.verify.simulate import BUILD_ROOT, run_bench
 
     root = Path(build_root) if build_root else BUILD_ROOT
     verilog = write_top(case.top, Path(out_dir) if out_dir else root / "verilog")
@@ -377,7 +377,7 @@ def coverage_summary(results: list[CaseResult]) -> dict:
 
 def check_sim_name(sim: str) -> None:
     """Reject an unknown simulator name early."""
-    from qift_hw.rtl.simulate import SIMULATORS
+    from qift_hw.verify.simulate import SIMULATORS
 
     if sim not in SIMULATORS:
         raise QiftError(f"unknown simulator {sim!r}; use one of {', '.join(SIMULATORS)}")

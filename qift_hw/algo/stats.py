@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import torch
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 STAT_KEYS = ("mean", "std", "zero_centredness", "excess_kurtosis", "qq_error", "row_excess_kurtosis", "row_qq_error")
 SHAPE_KEYS = ("excess_kurtosis", "qq_error", "row_excess_kurtosis", "row_qq_error")

@@ -35,11 +35,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from qift_hw.errors import QiftError
-from qift_hw.gptq import GPTQResult, HessianAccumulator, gptq_quantize, relative_output_error, rtn_quantize
-from qift_hw.io import atomic_path, write_json
-from qift_hw.levels import QParams, dequantize, get_level_set
-from qift_hw.mixed import parse_w2_spec, select_w2_layers
+from qift_hw.core.errors import QiftError
+from qift_hw.algo.gptq import GPTQResult, HessianAccumulator, gptq_quantize, relative_output_error, rtn_quantize
+from qift_hw.core.io import atomic_path, write_json
+from qift_hw.core.levels import QParams, dequantize, get_level_set
+from qift_hw.algo.mixed import parse_w2_spec, select_w2_layers
 
 LINEAR_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("self_attn", ("q_proj", "k_proj", "v_proj")),
@@ -56,7 +56,7 @@ class QuantConfig:
     """Everything that determines a quantized model (and the run folder's identity).
 
     levels: the 2-bit level set for W2 layers; other_bits: 4 (int4), 3 (int3) or 16 (float) for the others;
-    w2_layers: see `qift_hw.mixed`; method: gptq or rtn; scale_method: mse (clip search) or maxabs;
+    w2_layers: see `qift_hw.algo.mixed`; method: gptq or rtn; scale_method: mse (clip search) or maxabs;
     a_bits / kv_bits: 4 or 16 (off); rotate: QuaRot rotation with `rotation_seed`; calibration: `calib_windows`
     windows of `calib_seqlen` tokens from `calib_source`, sampled with `seed`; sensitivity_windows: windows
     used by the `sensitivity:L` pass.
@@ -180,8 +180,8 @@ def set_integer_products(model: nn.Module, weights: dict[str, QuantizedLinear], 
     """Switch the W2 linears whose level set the hardware decodes (formats.HW_LEVEL_SETS) to the integer-product
     mode (`QLinear.set_int_weight`): INT4 codes times integer weights, then `formats.dequantize_acc`, as the
     integer model computes them. Other layers keep the fake-quant product. Returns the names switched."""
-    from qift_hw.formats import HW_LEVEL_SETS, weight_ints
-    from qift_hw.qmodel import iter_qlinears
+    from qift_hw.core.formats import HW_LEVEL_SETS, weight_ints
+    from qift_hw.algo.qmodel import iter_qlinears
 
     done = []
     for name, q in iter_qlinears(model):
@@ -552,11 +552,11 @@ def _open_run_dir(run_dir: Path | None, cfg: QuantConfig, model_id: str) -> Path
 
 def prepare_model(model: nn.Module, cfg: QuantConfig) -> dict | None:
     """Rotate (if configured) and switch on the activation/KV quantizers; returns the rotation record."""
-    from qift_hw.qmodel import quantize_model_forward
+    from qift_hw.algo.qmodel import quantize_model_forward
 
     rot = None
     if cfg.rotate:
-        from qift_hw.rotation import rotate_model
+        from qift_hw.algo.rotation import rotate_model
 
         rot = rotate_model(model, seed=cfg.rotation_seed).to_dict()
     quantize_model_forward(model, a_bits=cfg.a_bits, kv_bits=cfg.kv_bits, a_clip=cfg.a_clip, kv_clip=cfg.kv_clip)
@@ -602,7 +602,7 @@ def quantize_model(
     t_capture = 0.0
     if need_calib:
         if calib is None:
-            from qift_hw.data import get_windows
+            from qift_hw.algo.data import get_windows
 
             calib = get_windows(tokenizer, config.calib_source, "calib", config.calib_seqlen,
                                 config.calib_windows, config.seed)

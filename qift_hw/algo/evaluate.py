@@ -12,7 +12,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 
 def _logits(out) -> torch.Tensor:

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qift_hw.errors import QiftError
-from qift_hw.formats import (ACT_CLIP, KV_CLIP, dequantize_acc, exact_float_products, fake_quant_act, fake_quant_kv,
+from qift_hw.core.errors import QiftError
+from qift_hw.core.formats import (ACT_CLIP, KV_CLIP, dequantize_acc, exact_float_products, fake_quant_act, fake_quant_kv,
                              quantize_act)
-from qift_hw.hadamard import hadamard_transform
-from qift_hw.models import iter_linears
+from qift_hw.core.hadamard import hadamard_transform
+from qift_hw.algo.models import iter_linears
 
 ATTN_IMPLEMENTATION = "qift_sdpa"
 FLOAT_BITS = 16

@@ -19,8 +19,8 @@ int = PyTorch with exact integer products (`pipeline.set_integer_products`), sim
 
 def eval_backend(name: str, hadamard: str = "unit", acc_bits: int | None = None, overflow: str = "saturate"):
     """A `run_points` backend hook for ``name`` (None for the default torch path)."""
-    from qift_hw import formats
-    from qift_hw.errors import QiftError
+    from qift_hw.core import formats
+    from qift_hw.core.errors import QiftError
 
     if name not in BACKENDS:
         raise QiftError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
@@ -33,7 +33,7 @@ def eval_backend(name: str, hadamard: str = "unit", acc_bits: int | None = None,
     acc_bits = acc_bits or formats.ACC_BITS
 
     def hook(model: Any, weights: dict) -> dict:
-        from qift_hw.pipeline import set_integer_products
+        from qift_hw.algo.pipeline import set_integer_products
 
         if name == "int":
             layers = set_integer_products(model, weights)
@@ -50,9 +50,9 @@ def install_sim_backend(model: Any, weights: dict, hadamard: str = "unit", acc_b
     the integer model. Other layers (INT4/INT3 mixed-precision layers, lm_head) keep the fake-quant path.
     Returns the names of the layers now simulated. ``remove_sim_backend`` undoes it.
     """
-    from qift_hw import formats
-    from qift_hw.errors import QiftError
-    from qift_hw.qmodel import iter_qlinears
+    from qift_hw.core import formats
+    from qift_hw.core.errors import QiftError
+    from qift_hw.algo.qmodel import iter_qlinears
     from qift_hw.sim.linear import SimLinear
 
     done = []
@@ -85,7 +85,7 @@ def _sim_forward(q: Any, sim: Any):
 
 def remove_sim_backend(model: Any) -> int:
     """Give every simulated QLinear its PyTorch forward back; returns how many were restored."""
-    from qift_hw.qmodel import iter_qlinears
+    from qift_hw.algo.qmodel import iter_qlinears
 
     n = 0
     for _, q in iter_qlinears(model):
@@ -107,10 +107,10 @@ def compare_linears(model: Any, weights: dict, input_ids: Any, hadamard: str = "
     """
     import torch
 
-    from qift_hw import formats
-    from qift_hw.hadamard import hadamard_transform
-    from qift_hw.levels import get_level_set
-    from qift_hw.qmodel import iter_qlinears
+    from qift_hw.core import formats
+    from qift_hw.core.hadamard import hadamard_transform
+    from qift_hw.core.levels import get_level_set
+    from qift_hw.algo.qmodel import iter_qlinears
     from qift_hw.sim.linear import SimLinear
 
     u = 2.0**-24
@@ -168,7 +168,7 @@ def float64_linears(model: Any) -> Iterator[None]:
     import torch
     from torch.nn import functional as F
 
-    from qift_hw.qmodel import iter_qlinears
+    from qift_hw.algo.qmodel import iter_qlinears
 
     def make(q):
         def forward(x):

@@ -4,7 +4,7 @@ Verilator's Makefile prefixes every C++ compile with ``$(OBJCACHE)``. The runtim
 Verilator's include folder) are the same for every design and take most of a cold build, so this wrapper keys
 their objects on the full compile command and the source's size and mtime, and copies them (with the ``-MMD``
 dependency file) from the cache instead of compiling again. Every other compile runs unchanged.
-Usage (what ``simulate.build`` sets): ``OBJCACHE="python -m qift_hw.rtl.objcache"`` with ``QIFT_OBJCACHE_DIR``.
+Usage (what ``simulate.build`` sets): ``OBJCACHE="python -m qift_hw.verify.objcache"`` with ``QIFT_OBJCACHE_DIR``.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qift_hw.errors import QiftError
-from qift_hw.rtl.objcache import CACHE_ENV
+from qift_hw.core.errors import QiftError
+from qift_hw.verify.objcache import CACHE_ENV
 
 SIMULATORS = ("icarus", "verilator")
 TIMESCALE = ("1ns", "1ps")
@@ -112,7 +112,7 @@ def build(sim: str, verilog: Path, top: str, build_root: Path = BUILD_ROOT) -> t
         return build_dir, 0.0
     t0 = time.perf_counter()
     if sim == "verilator":
-        os.environ["OBJCACHE"] = f"{sys.executable} -m qift_hw.rtl.objcache"
+        os.environ["OBJCACHE"] = f"{sys.executable} -m qift_hw.verify.objcache"
         os.environ[CACHE_ENV] = str((Path(build_root) / sim / RUNTIME_CACHE).resolve())
         _fix_pch_flag()
     runner = get_runner(sim)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qift_hw.rtl.lanes import pack_lanes, unpack_lanes
+from qift_hw.verify.lanes import pack_lanes, unpack_lanes
 
 
 def port_plan(component) -> tuple[dict, list[str], list[str]]:

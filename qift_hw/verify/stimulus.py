@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
 
 
 @dataclass

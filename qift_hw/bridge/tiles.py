@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qift_hw import formats
-from qift_hw.errors import QiftError
-from qift_hw.io import atomic_path
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.io import atomic_path
 
 KEEP_CODE_ROWS = 64
 
@@ -58,15 +58,15 @@ def export_tiles(path: Path, layer: int = 3, tokens: int = 16, checkpoint: Path 
     a ``source`` string describing where they come from."""
     import torch
 
-    from qift_hw.data import calib_windows as get_calib
-    from qift_hw.gptq import gptq_quantize
-    from qift_hw.levels import get_level_set
+    from qift_hw.algo.data import calib_windows as get_calib
+    from qift_hw.algo.gptq import gptq_quantize
+    from qift_hw.core.levels import get_level_set
 
     torch.set_num_threads(2)
     name = f"model.layers.{layer}.self_attn.q_proj"
     if checkpoint is not None:
-        from qift_hw.export import load_quantized, quantized_weights
-        from qift_hw.models import load_model
+        from qift_hw.algo.checkpoint import load_quantized, quantized_weights
+        from qift_hw.algo.models import load_model
 
         model, meta = load_quantized(checkpoint)
         weights = quantized_weights(checkpoint)
@@ -76,8 +76,8 @@ def export_tiles(path: Path, layer: int = 3, tokens: int = 16, checkpoint: Path 
         _, tok = load_model(meta.get("model_id") or None)
         source = f"{checkpoint.name}: {name} ({weights[name].level_set})"
     else:
-        from qift_hw.models import load_model
-        from qift_hw.rotation import rotate_model
+        from qift_hw.algo.models import load_model
+        from qift_hw.algo.rotation import rotate_model
 
         model, tok = load_model()
         rotate_model(model, seed=0)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr, ndtri
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 KINDS = ("symmetric", "integer", "asym")
 

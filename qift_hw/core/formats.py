@@ -17,8 +17,8 @@ import math
 import numpy as np
 import torch
 
-from qift_hw.errors import QiftError
-from qift_hw.levels import LevelSet, get_level_set
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import LevelSet, get_level_set
 
 WEIGHT_CODE_BITS = 2
 SIGN_BIT = 1

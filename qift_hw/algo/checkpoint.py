@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qift_hw.errors import QiftError
-from qift_hw.io import atomic_path
-from qift_hw.levels import QParams, dequantize, get_level_set, pack_codes, unpack_codes
-from qift_hw.pipeline import QuantConfig, QuantizedLinear, QuantizedModel
+from qift_hw.core.errors import QiftError
+from qift_hw.core.io import atomic_path
+from qift_hw.core.levels import QParams, dequantize, get_level_set, pack_codes, unpack_codes
+from qift_hw.algo.pipeline import QuantConfig, QuantizedLinear, QuantizedModel
 
 FORMAT = "qift-1"
 
@@ -90,8 +90,8 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tupl
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from qift_hw.models import untie_embeddings
-    from qift_hw.pipeline import prepare_model
+    from qift_hw.algo.models import untie_embeddings
+    from qift_hw.algo.pipeline import prepare_model
 
     meta = read_metadata(path)
     hf = dict(meta["hf_config"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 CALIB_FRACTION = 0.5
 SPLITS = ("calib", "eval")

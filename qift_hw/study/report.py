@@ -12,8 +12,8 @@ import math
 import os
 from pathlib import Path
 
-from qift_hw.errors import QiftError
-from qift_hw.io import save_figure, write_json, write_text
+from qift_hw.core.errors import QiftError
+from qift_hw.core.io import save_figure, write_json, write_text
 
 TWO_BIT_ORDER = ("std", "asym", "pm12", "mnz", "pot_mnz", "lloyd", "nf2")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qift_hw.errors import QiftError
+from qift_hw.core.errors import QiftError
 
 
 @dataclass(frozen=True)
