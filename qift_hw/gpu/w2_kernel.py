@@ -101,34 +101,37 @@ PAIR_CODES = ((0, 2), (4, 6), (1, 3), (5, 7), (8, 10), (12, 14), (9, 11), (13, 1
 _DECLS = ".reg .b32 t0, t1, t2, t3, h0, h1, h2, h3, l0, l1, l2, l3, p0, p1, p2, p3, p4, p5, p6, p7;"
 
 
+def _lookup_block(lo: int, hi: int, word: str, extra_decls: tuple[str, ...], tail: list[str]) -> str:
+    """One inline-PTX block: the register declarations, the level look-up of word register ``word`` and ``tail``."""
+    body, _ = _lookup_ptx(lo, hi)
+    return "\n".join(["{", _DECLS, *extra_decls, body.replace("$W", word), *tail, "}"])
+
+
+_PAIRS = [f"p{j}" for j in range(8)]
+"""Registers of the eight fp16x2 level pairs that ``_lookup_ptx`` leaves, in ``PAIR_CODES`` order."""
+
+
 @functools.lru_cache(maxsize=None)
 def gemv_word_ptx(lo: int, hi: int) -> str:
     """Inline PTX: $0 (f32) = sum over the 16 codes of word $1 of level * x, x given as pairs $2..$9 in
     ``PAIR_CODES`` order (fp16x2). Products are exact in fp16; the 16-term sum runs in fp16x2, then fp32."""
-    body, pairs = _lookup_ptx(lo, hi)
-    body = body.replace("$W", "$1")
-    fma = [f"mul.rn.f16x2 a, {pairs[0]}, $2;"]
-    fma += [f"fma.rn.f16x2 a, {p}, ${j + 2}, a;" for j, p in enumerate(pairs) if j]
-    return "\n".join(["{", _DECLS, ".reg .b32 a;", ".reg .b16 alo, ahi;", ".reg .f32 f0, f1;", body, *fma,
-                      "mov.b32 {alo, ahi}, a;", "cvt.f32.f16 f0, alo;", "cvt.f32.f16 f1, ahi;",
-                      "add.f32 $0, f0, f1;", "}"])
+    fma = [f"mul.rn.f16x2 a, {_PAIRS[0]}, $2;"]
+    fma += [f"fma.rn.f16x2 a, {p}, ${j + 2}, a;" for j, p in enumerate(_PAIRS) if j]
+    return _lookup_block(lo, hi, "$1", (".reg .b32 a;", ".reg .b16 alo, ahi;", ".reg .f32 f0, f1;"),
+                         [*fma, "mov.b32 {alo, ahi}, a;", "cvt.f32.f16 f0, alo;", "cvt.f32.f16 f1, ahi;",
+                          "add.f32 $0, f0, f1;"])
 
 
 @functools.lru_cache(maxsize=None)
 def decode_word_ptx(lo: int, hi: int) -> str:
     """Inline PTX: the 16 fp16 levels $0..$15 (code order) of word $16."""
-    body, pairs = _lookup_ptx(lo, hi)
-    body = body.replace("$W", "$16")
-    movs = [f"mov.b32 {{${a}, ${b}}}, {p};" for p, (a, b) in zip(pairs, PAIR_CODES)]
-    return "\n".join(["{", _DECLS, body, *movs, "}"])
+    return _lookup_block(lo, hi, "$16", (), [f"mov.b32 {{${a}, ${b}}}, {p};" for p, (a, b) in zip(_PAIRS, PAIR_CODES)])
 
 
 @functools.lru_cache(maxsize=None)
 def decode_pairs_ptx(lo: int, hi: int) -> str:
     """Inline PTX: the eight fp16x2 level pairs $0..$7 (``PAIR_CODES`` order) of word $8, as raw 32-bit words."""
-    body, pairs = _lookup_ptx(lo, hi)
-    body = body.replace("$W", "$8")
-    return "\n".join(["{", _DECLS, body, *[f"mov.b32 ${j}, {p};" for j, p in enumerate(pairs)], "}"])
+    return _lookup_block(lo, hi, "$8", (), [f"mov.b32 ${j}, {p};" for j, p in enumerate(_PAIRS)])
 
 
 DOT8_PTX = "\n".join(["{", ".reg .b32 a;", ".reg .b16 alo, ahi;", ".reg .f32 f0, f1;", "mul.rn.f16x2 a, $1, $9;",
@@ -438,9 +441,13 @@ def _levels_of(level_set: str) -> dict:
     return {"L0": t[0], "L1": t[1], "L2": t[2], "L3": t[3], "lo": lo, "hi": hi}
 
 
-def _levels(pw: PackedW2) -> dict:
-    """Level constants from the set's name (no device read, so launches can be captured in a CUDA graph)."""
-    return _levels_of(pw.level_set)
+def _decode_args(pw: PackedW2, ptx: bool, asm=decode_word_ptx) -> dict:
+    """The decode arguments of a kernel launch: the PTX look-up block (``asm``) or the four Triton levels.
+
+    Built from the set's name only (no device read), so launches can be captured in a CUDA graph."""
+    lv = _levels_of(pw.level_set)
+    return dict(PTX=ptx, ASM=asm(lv["lo"], lv["hi"]) if ptx else "", L0=lv["L0"], L1=lv["L1"], L2=lv["L2"],
+                L3=lv["L3"])
 
 
 def gemv(x: torch.Tensor, pw: PackedW2, mode: str = "ptx", BN: int = 4, BKW: int = 64,
@@ -451,17 +458,15 @@ def gemv(x: torch.Tensor, pw: PackedW2, mode: str = "ptx", BN: int = 4, BKW: int
     mode = _mode(mode, x)
     if x.numel() != pw.K:
         raise QiftError(f"gemv takes a single activation row; got {x.numel() // pw.K} rows, use mm()")
-    lv = _levels(pw)
     words = pw.words()
     xs = x.reshape(pw.K).contiguous()
     y = out if out is not None else torch.empty(pw.N, dtype=torch.float16, device=x.device)
     ptx = mode == "ptx"
     grid = (triton.cdiv(pw.N, BN),)
     _gemv_kernel[grid](xs.view(torch.int32) if ptx else xs, words, pw.scale, y, pw.N, words.shape[1],
-                       words.stride(0), BN=BN, BKW=BKW, ALIGN4=words.stride(0) % 4 == 0, PTX=ptx,
-                       ASM=gemv_word_ptx(lv["lo"], lv["hi"]) if ptx else "", XPERM=XPERM_PTX, PREFETCH=prefetch,
-                       L0=lv["L0"], L1=lv["L1"], L2=lv["L2"], L3=lv["L3"], num_warps=num_warps,
-                       num_stages=num_stages)
+                       words.stride(0), BN=BN, BKW=BKW, ALIGN4=words.stride(0) % 4 == 0,
+                       XPERM=XPERM_PTX, PREFETCH=prefetch, num_warps=num_warps, num_stages=num_stages,
+                       **_decode_args(pw, ptx, gemv_word_ptx))
     return y.reshape(*x.shape[:-1], pw.N)
 
 
@@ -474,13 +479,12 @@ def gemv_multi(x: torch.Tensor, pw: PackedW2, BM: int = 8, BN: int = 8, BKW: int
     M = x2.shape[0]
     if M > BM:
         raise QiftError(f"gemv_multi takes at most BM={BM} rows, got {M}; use mm()")
-    lv = _levels(pw)
     words = pw.words()
     y = out if out is not None else torch.empty(M, pw.N, dtype=torch.float16, device=x.device)
     grid = (triton.cdiv(pw.N, BN),)
     _gemv_multi_kernel[grid](x2.view(torch.int32), words, pw.scale, y, M, pw.N, words.shape[1], x2.stride(0) // 2,
                              words.stride(0), y.stride(0), BM=BM, BN=BN, BKW=BKW,
-                             ALIGN4=words.stride(0) % 4 == 0, DEC=decode_pairs_ptx(lv["lo"], lv["hi"]),
+                             ALIGN4=words.stride(0) % 4 == 0, DEC=_decode_args(pw, True, decode_pairs_ptx)["ASM"],
                              DOT=DOT8_PTX, XPERM=XPERM_PTX, num_warps=num_warps, num_stages=num_stages)
     return y.reshape(*x.shape[:-1], pw.N)
 
@@ -491,7 +495,6 @@ def mm(x: torch.Tensor, pw: PackedW2, mode: str = "ptx", BM: int = 16, BN: int =
     """W2 matmul for activations [..., K] (fp16) on tensor cores -> [..., N] fp16."""
     _check(x, pw)
     mode = _mode(mode, x)
-    lv = _levels(pw)
     words = pw.words()
     x2 = x.reshape(-1, pw.K)
     if x2.stride(-1) != 1:
@@ -501,10 +504,8 @@ def mm(x: torch.Tensor, pw: PackedW2, mode: str = "ptx", BM: int = 16, BN: int =
     ptx = mode == "ptx"
     grid = (triton.cdiv(M, BM) * triton.cdiv(pw.N, BN),)
     _mm_kernel[grid](x2, words, pw.scale, y, M, pw.N, words.shape[1], x2.stride(0), words.stride(0), y.stride(0),
-                     BM=BM, BN=BN, BKW=BKW, GROUP_M=GROUP_M, ALIGN4=words.stride(0) % 4 == 0, PTX=ptx,
-                     ASM=decode_word_ptx(lv["lo"], lv["hi"]) if ptx else "", SWAP=SWAP,
-                     L0=lv["L0"], L1=lv["L1"], L2=lv["L2"], L3=lv["L3"], num_warps=num_warps,
-                     num_stages=num_stages)
+                     BM=BM, BN=BN, BKW=BKW, GROUP_M=GROUP_M, ALIGN4=words.stride(0) % 4 == 0, SWAP=SWAP,
+                     num_warps=num_warps, num_stages=num_stages, **_decode_args(pw, ptx))
     return y.reshape(*x.shape[:-1], pw.N)
 
 
@@ -514,12 +515,10 @@ def dequantize(pw: PackedW2, mode: str = "ptx", BN: int = 32, BKW: int = 8, num_
     if not HAVE_TRITON:
         raise QiftError("Triton is not installed")
     mode = _mode(mode, pw.packed)
-    lv = _levels(pw)
     words = pw.words()
     o = out if out is not None else torch.empty(pw.N, pw.K, dtype=torch.float16, device=pw.device)
     ptx = mode == "ptx"
     grid = (triton.cdiv(pw.N, BN), triton.cdiv(words.shape[1], BKW))
     _dequant_kernel[grid](words, pw.scale, o, pw.N, words.shape[1], words.stride(0), o.stride(0), BN=BN, BKW=BKW,
-                          PTX=ptx, ASM=decode_word_ptx(lv["lo"], lv["hi"]) if ptx else "",
-                          L0=lv["L0"], L1=lv["L1"], L2=lv["L2"], L3=lv["L3"], num_warps=num_warps)
+                          num_warps=num_warps, **_decode_args(pw, ptx))
     return o
