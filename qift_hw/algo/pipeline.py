@@ -58,7 +58,7 @@ class QuantConfig:
     levels: the 2-bit level set for W2 layers; other_bits: 4 (int4), 3 (int3) or 16 (float) for the others;
     w2_layers: see `qift_hw.algo.mixed`; method: gptq or rtn; scale_method: mse (clip search) or maxabs;
     a_bits / kv_bits: 4 or 16 (off); rotate: QuaRot rotation with `rotation_seed`; calibration: `calib_windows`
-    windows of `calib_seqlen` tokens from `calib_source`, sampled with `seed`; sensitivity_windows: windows
+    windows of `calib_seqlen` tokens from `calib_source`, sampled with `calib_seed`; sensitivity_windows: windows
     used by the `sensitivity:L` pass.
     """
 
@@ -76,7 +76,7 @@ class QuantConfig:
     calib_source: str = "pydoc"
     calib_windows: int = 128
     calib_seqlen: int = 512
-    seed: int = 0
+    calib_seed: int = 0
     blocksize: int = 128
     act_order: bool = False
     damp: float = 0.01
@@ -115,6 +115,8 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantConfig:
+        """Build from `to_dict` output; also reads results written before `seed` became `calib_seed`."""
+        d = {"calib_seed": d["seed"], **d} if "seed" in d else d
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def identity(self) -> dict:
@@ -605,7 +607,7 @@ def quantize_model(
             from qift_hw.algo.data import get_windows
 
             calib = get_windows(tokenizer, config.calib_source, "calib", config.calib_seqlen,
-                                config.calib_windows, config.seed)
+                                config.calib_windows, config.calib_seed)
         t_cap = time.perf_counter()
         batches = capture_layer_inputs(model, calib, config.batch_size, device)
         t_capture = time.perf_counter() - t_cap

@@ -150,7 +150,7 @@ def eval_cmd(
     hook = eval_backend(backend, sim_hadamard)
     base = _base_config(a_bits=a_bits, kv_bits=kv_bits, a_clip=a_clip, kv_clip=kv_clip, rotate=not no_rotate,
                         rotation_seed=rotation_seed, calib_source=text, calib_windows=calib_windows,
-                        calib_seqlen=calib_seqlen, seed=seed, scale_method=scale_method, act_order=act_order,
+                        calib_seqlen=calib_seqlen, calib_seed=seed, scale_method=scale_method, act_order=act_order,
                         true_sequential=true_sequential, w2_layers=w2_layers, other_bits=other_bits,
                         batch_size=batch_size, device=dev)
     if table is not None:
@@ -233,7 +233,7 @@ def quantize_cmd(
     dev = _device_of(device)
     cfg = _base_config(levels=levels, method=method, w2_layers=w2_layers, other_bits=other_bits,
                        calib_windows=calib_windows, calib_seqlen=calib_seqlen, a_bits=a_bits, kv_bits=kv_bits,
-                       rotate=not no_rotate, rotation_seed=rotation_seed, calib_source=text, seed=seed,
+                       rotate=not no_rotate, rotation_seed=rotation_seed, calib_source=text, calib_seed=seed,
                        scale_method=scale_method, act_order=act_order, true_sequential=true_sequential,
                        batch_size=batch_size, device=dev)
     cfg.validate()
