@@ -38,7 +38,8 @@ def main() -> None:
     from qift_hw.algo.evaluate import evaluate_ppl
     from qift_hw.core.io import write_json
     from qift_hw.algo.models import load_model
-    from qift_hw.algo.pipeline import QuantConfig, quantize_model
+    from qift_hw.algo.config import QuantConfig
+    from qift_hw.algo.quantize import quantize_model
     from qift_hw.algo.rotation import rotate_model
 
     load_before = os.getloadavg()

@@ -81,7 +81,9 @@ def main() -> None:
     from qift_hw.algo.evaluate import evaluate_ppl
     from qift_hw.core.io import write_json
     from qift_hw.algo.models import load_model
-    from qift_hw.algo.pipeline import QuantConfig, quantize_model, set_integer_products
+    from qift_hw.algo.config import QuantConfig
+    from qift_hw.algo.quantize import quantize_model
+    from qift_hw.algo.quantized import set_integer_products
 
     torch.set_num_threads(args.threads)
     model, tok = load_model(None)

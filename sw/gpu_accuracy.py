@@ -21,7 +21,8 @@ import torch
 from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.core.io import write_text
 from qift_hw.algo.models import tiny_llama
-from qift_hw.algo.pipeline import QuantConfig, quantize_model
+from qift_hw.algo.config import QuantConfig
+from qift_hw.algo.quantize import quantize_model
 
 
 def run(device: str, base, calib, evalw, **cfg) -> tuple[dict, float, float]:

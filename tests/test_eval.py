@@ -38,7 +38,7 @@ def test_bad_windows(bad):
 
 def test_full_preset_has_the_paper_grid():
     from qift_hw.study.experiments import preset_points
-    from qift_hw.algo.pipeline import QuantConfig
+    from qift_hw.algo.config import QuantConfig
 
     pts = preset_points("full", QuantConfig(), mixed="last:15")
     quant = [p for p in pts if p.kind == "quant"]

@@ -17,7 +17,8 @@ from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.core.hadamard import hadamard_transform
 from qift_hw.core.levels import get_level_set
 from qift_hw.algo.models import iter_linears, tiny_llama
-from qift_hw.algo.pipeline import QuantConfig, quantize_model
+from qift_hw.algo.config import QuantConfig
+from qift_hw.algo.quantize import quantize_model
 from qift_hw.sim.linear import SimLinear
 
 U = 2.0**-24
@@ -122,7 +123,7 @@ def test_smollm2_every_w2_linear_and_perplexity(smollm2):
     ppl_ref = evaluate_ppl(qm.model, evalw, progress=False)
     with float64_linears(qm.model):
         ppl_64 = evaluate_ppl(qm.model, evalw, progress=False)
-    from qift_hw.algo.pipeline import set_integer_products
+    from qift_hw.algo.quantized import set_integer_products
 
     set_integer_products(qm.model, qm.weights)
     ppl_int = evaluate_ppl(qm.model, evalw, progress=False)
@@ -139,7 +140,7 @@ def test_integer_products_are_exact(levels):
     """The PyTorch integer-product mode: each W2 linear's output equals formats.dequantize_acc applied to an
     independent int64 product of the INT4 codes and the decoded integer weights, and stays within the FP32
     bound of the fake-quant (dequantized-weight) product."""
-    from qift_hw.algo.pipeline import set_integer_products
+    from qift_hw.algo.quantized import set_integer_products
 
     qm, calib = quantized_tiny(levels, seed=5)
     inputs = linear_inputs(qm.model, calib[:2])

@@ -1,67 +1,67 @@
-"""Quantized checkpoints in safetensors: packed weight codes, per-channel scales, level sets and the recipe.
+"""Quantized checkpoints in safetensors (format "qift-1"): exported models and the layers of a resumable run.
 
-File layout (format "qift-1"):
-- for each quantized decoder linear NAME: `NAME.qcodes` (uint8, codes packed along the input dimension: four
-  2-bit codes per byte, code j of a group in bits 2j..2j+1, as `levels.pack_codes`; 3- and 4-bit codes two per
-  byte, 8-bit one per byte), `NAME.scale` (float32 [N, 1]) and, for `asym`, `NAME.zero` (float32 [N, 1]);
-- every other tensor of the rotated model's state dict (embedding, lm_head, norms, biases) as it is;
-- metadata (strings): format, the Hugging Face model config, the rotation record (seed), the quantization config,
-  per-linear level set and shape, the W2 layer list and the model id the tokenizer comes from.
-`load_quantized` rebuilds the architecture from the stored config, re-applies the rotation structure (online
-Hadamards) and installs the dequantized weights, so the reloaded model computes exactly what was exported.
+A quantized linear NAME is stored one way everywhere (`linear_tensors` / `read_linears`): `NAME.qcodes` (uint8,
+codes packed along the input dimension: four 2-bit codes per byte, code j of a group in bits 2j..2j+1, as
+`levels.pack_codes`; 3- and 4-bit codes two per byte, 8-bit one per byte), `NAME.scale` (float32 [N, 1]) and,
+for `asym`, `NAME.zero` (float32 [N, 1]); the metadata entry `linears` gives each one's level set and shape.
+
+- An exported model (`save_quantized`) adds every other tensor of the rotated model's state dict (embedding,
+  lm_head, norms, biases) as it is, and metadata: the Hugging Face model config, the rotation record (seed), the
+  quantization config, the W2 layer list and the model id the tokenizer comes from. `load_quantized` rebuilds
+  the architecture from the stored config, re-applies the rotation structure (online Hadamards) and installs
+  the dequantized weights, so the reloaded model computes exactly what was exported.
+- A run folder (`open_run_dir`) holds `config.json` (model id, checkpoint format and `QuantConfig.identity`)
+  and one `layer_NNN.safetensors` per finished decoder layer (its linears and per-linear records), written
+  atomically; a rerun with the same folder and configuration loads the finished layers instead of redoing them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from qift_hw.algo.config import QuantConfig
+from qift_hw.algo.models import untie_embeddings
+from qift_hw.algo.prepare import prepare_model
+from qift_hw.algo.quantized import QuantizedLinear, QuantizedModel
 from qift_hw.core.errors import QiftError
-from qift_hw.core.io import atomic_path
-from qift_hw.core.levels import QParams, dequantize, get_level_set, pack_codes, unpack_codes
-from qift_hw.algo.pipeline import QuantConfig, QuantizedLinear, QuantizedModel
+from qift_hw.core.io import atomic_path, write_json
+from qift_hw.core.levels import QParams, get_level_set, pack_codes, unpack_codes
 
 FORMAT = "qift-1"
+JSON_FIELDS = ("hf_config", "rotation", "quant_config", "linears", "w2_layers", "records")
+"""Metadata entries stored as JSON text (each file has those that apply to it)."""
+QUANTIZED_SUFFIXES = (".qcodes", ".scale", ".zero")
 
 
 def _pack_bits(bits: int) -> int:
     return 2 if bits == 2 else 4 if bits <= 4 else 8
 
 
-def save_quantized(path: str | Path, qm: QuantizedModel, model_id: str = "") -> Path:
-    """Write the quantized model `qm` to `path` (safetensors, atomically)."""
-    from safetensors.torch import save_file
-
-    model = qm.model
+def linear_tensors(weights: dict[str, QuantizedLinear]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The stored tensors of quantized linears (packed codes, scales, zeros) and their `linears` metadata."""
     tensors: dict[str, torch.Tensor] = {}
     linears: dict[str, dict] = {}
-    for name, ql in qm.weights.items():
-        ls = get_level_set(ql.level_set)
+    for name, ql in weights.items():
         N, K = ql.codes.shape
-        tensors[f"{name}.qcodes"] = pack_codes(ql.codes.cpu(), bits=_pack_bits(ls.bits)).contiguous()
+        tensors[f"{name}.qcodes"] = pack_codes(ql.codes.cpu(), bits=_pack_bits(ql.level_set.bits)).contiguous()
         tensors[f"{name}.scale"] = ql.params.scale.detach().cpu().contiguous()
         if ql.params.zero is not None:
             tensors[f"{name}.zero"] = ql.params.zero.detach().cpu().contiguous()
-        linears[name] = {"level_set": ls.name, "shape": [N, K]}
-    skip = {f"{name}.weight" for name in qm.weights}
-    for key, value in model.state_dict().items():
-        if key not in skip:
-            tensors[key] = value.detach().cpu().contiguous()
-    meta = {
-        "format": FORMAT,
-        "hf_config": model.config.to_json_string(use_diff=False),
-        "rotation": json.dumps(qm.rotation),
-        "quant_config": json.dumps(qm.config.to_dict()),
-        "linears": json.dumps(linears),
-        "w2_layers": json.dumps(qm.w2_layers),
-        "model_id": model_id,
-    }
-    path = Path(path)
+        linears[name] = {"level_set": ql.level_set.name, "shape": [N, K]}
+    return tensors, linears
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    from safetensors.torch import save_file
+
+    text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, **text})
     return path
 
 
@@ -79,19 +79,53 @@ def read_metadata(path: str | Path) -> dict:
         raise QiftError(f"checkpoint {path} is not a readable safetensors file ({exc}); re-export it") from exc
     if meta.get("format") != FORMAT:
         raise QiftError(f"{path} is not a qift-hw checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
-    out = dict(meta)
-    for k in ("hf_config", "rotation", "quant_config", "linears", "w2_layers"):
-        out[k] = json.loads(meta[k])
+    return {k: json.loads(v) if k in JSON_FIELDS else v for k, v in meta.items()}
+
+
+def read_linears(path: str | Path, linears: dict[str, dict], device: str | torch.device = "cpu"
+                 ) -> dict[str, QuantizedLinear]:
+    """The quantized linears listed in `linears` (a checkpoint's metadata entry), read from `path`."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = set(f.keys())
+        for name, info in linears.items():
+            ls = get_level_set(info["level_set"])
+            codes = unpack_codes(f.get_tensor(f"{name}.qcodes"), info["shape"][1], bits=_pack_bits(ls.bits))
+            zero = f.get_tensor(f"{name}.zero").to(device) if f"{name}.zero" in keys else None
+            out[name] = QuantizedLinear(ls, codes.to(device), QParams(f.get_tensor(f"{name}.scale").to(device), zero))
     return out
+
+
+def quantized_weights(path: str | Path) -> dict[str, QuantizedLinear]:
+    """Codes and per-row params of every quantized linear of a checkpoint (for the bit-accurate model)."""
+    return read_linears(path, read_metadata(path)["linears"])
+
+
+def save_quantized(path: str | Path, qm: QuantizedModel, model_id: str = "") -> Path:
+    """Write the quantized model `qm` to `path` (safetensors, atomically)."""
+    model = qm.model
+    tensors, linears = linear_tensors(qm.weights)
+    skip = {f"{name}.weight" for name in qm.weights}
+    for key, value in model.state_dict().items():
+        if key not in skip:
+            tensors[key] = value.detach().cpu().contiguous()
+    meta = {
+        "hf_config": model.config.to_json_string(use_diff=False),
+        "rotation": json.dumps(qm.rotation),
+        "quant_config": qm.config.to_dict(),
+        "linears": linears,
+        "w2_layers": qm.w2_layers,
+        "model_id": model_id,
+    }
+    return _write(Path(path), tensors, meta)
 
 
 def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the quantized model from a checkpoint; returns (model in eval mode on `device`, metadata)."""
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from qift_hw.algo.models import untie_embeddings
-    from qift_hw.algo.pipeline import prepare_model
 
     meta = read_metadata(path)
     hf = dict(meta["hf_config"])
@@ -106,49 +140,79 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tupl
     cfg.rotate = rotation is not None
     if rotation is not None:
         cfg.rotation_seed = int(rotation["seed"])
-    torch_dtype = torch.float32
     with torch.device("cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     untie_embeddings(model)
     model.eval()
     prepare_model(model, cfg)
     linears = meta["linears"]
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        keys = set(f.keys())
-        state = {k: f.get_tensor(k) for k in keys if not k.endswith((".qcodes", ".scale", ".zero"))
-                 or k.rsplit(".", 1)[0] not in linears}
-        expected = set(model.state_dict())
-        missing = expected - set(state) - {f"{n}.weight" for n in linears}
-        if missing:
-            raise QiftError(f"checkpoint {path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); re-export it")
-        model.load_state_dict(state, strict=False)
-        modules = dict(model.named_modules())
-        for name, info in linears.items():
-            ls = get_level_set(info["level_set"])
-            N, K = info["shape"]
-            codes = unpack_codes(f.get_tensor(f"{name}.qcodes"), K, bits=_pack_bits(ls.bits))
-            zero = f.get_tensor(f"{name}.zero") if f"{name}.zero" in keys else None
-            params = QParams(f.get_tensor(f"{name}.scale"), zero)
-            deq = dequantize(codes, ls, params)
-            lin = modules[name]
-            with torch.no_grad():
-                lin.weight.copy_(deq)
-            lin.set_qweight(deq)
+        state = {k: f.get_tensor(k) for k in f.keys()
+                 if not k.endswith(QUANTIZED_SUFFIXES) or k.rsplit(".", 1)[0] not in linears}
+    missing = set(model.state_dict()) - set(state) - {f"{n}.weight" for n in linears}
+    if missing:
+        raise QiftError(f"checkpoint {path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); re-export it")
+    model.load_state_dict(state, strict=False)
+    modules = dict(model.named_modules())
+    for name, ql in read_linears(path, linears).items():
+        deq = ql.dequantized()
+        lin = modules[name]
+        with torch.no_grad():
+            lin.weight.copy_(deq)
+        lin.set_qweight(deq)
     model.to(device)
     return model, meta
 
 
-def quantized_weights(path: str | Path) -> dict[str, QuantizedLinear]:
-    """Codes and per-row params of every quantized linear of a checkpoint (for the bit-accurate model)."""
-    from safetensors import safe_open
+def run_identity(cfg: QuantConfig, model_id: str) -> dict:
+    """What a run folder's results depend on: the model, the checkpoint format and the config's identity."""
+    return {"model": model_id, "checkpoint_format": FORMAT, **cfg.identity()}
 
-    meta = read_metadata(path)
-    out = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        keys = set(f.keys())
-        for name, info in meta["linears"].items():
-            ls = get_level_set(info["level_set"])
-            codes = unpack_codes(f.get_tensor(f"{name}.qcodes"), info["shape"][1], bits=_pack_bits(ls.bits))
-            zero = f.get_tensor(f"{name}.zero") if f"{name}.zero" in keys else None
-            out[name] = QuantizedLinear(ls.name, codes, QParams(f.get_tensor(f"{name}.scale"), zero))
-    return out
+
+def run_key(cfg: QuantConfig, model_id: str = "") -> str:
+    """Short stable hash of `run_identity`, for run-folder names."""
+    text = json.dumps(run_identity(cfg, model_id), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def open_run_dir(run_dir: Path, cfg: QuantConfig, model_id: str) -> Path:
+    """Create `run_dir` for this run, or check that the run it holds is this one (QiftError otherwise)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.json"
+    ident = json.loads(json.dumps(run_identity(cfg, model_id)))
+    if not cfg_path.is_file():
+        write_json(cfg_path, ident)
+        return run_dir
+    old = json.loads(cfg_path.read_text())
+    if old.get("checkpoint_format") != FORMAT:
+        raise QiftError(f"run folder {run_dir} was written in an older layer-checkpoint format "
+                        f"({old.get('checkpoint_format', 'before ' + FORMAT)}); delete it or use another --run-dir")
+    if old != ident:
+        diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+        raise QiftError(f"run folder {run_dir} holds a run with a different configuration ({', '.join(diff)}); "
+                        "use another --run-dir or delete it")
+    return run_dir
+
+
+def layer_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / f"layer_{index:03d}.safetensors"
+
+
+def save_layer(run_dir: Path, index: int, weights: dict[str, QuantizedLinear], records: list[dict]) -> Path:
+    """Checkpoint one finished decoder layer (its quantized linears and their records) into a run folder."""
+    tensors, linears = linear_tensors(weights)
+    return _write(layer_path(run_dir, index), tensors, {"linears": linears, "records": records})
+
+
+def load_layer(run_dir: Path, index: int, device: str | torch.device = "cpu"
+               ) -> tuple[dict[str, QuantizedLinear], list[dict]] | None:
+    """A finished layer's quantized linears and records from a run folder (None if it was not checkpointed)."""
+    path = layer_path(run_dir, index)
+    if not path.is_file():
+        return None
+    try:
+        meta = read_metadata(path)
+        return read_linears(path, meta["linears"], device), meta["records"]
+    except Exception as exc:
+        raise QiftError(f"run checkpoint {path} is unreadable ({exc}); delete it to redo that layer") from exc

@@ -25,6 +25,7 @@ from qift_hw.core.errors import QiftError
 from qift_hw.core.formats import (ACT_CLIP, KV_CLIP, dequantize_acc, exact_float_products, fake_quant_act, fake_quant_kv,
                              quantize_act)
 from qift_hw.core.hadamard import hadamard_transform
+from qift_hw.core.levels import LevelSet, get_level_set
 from qift_hw.algo.models import iter_linears
 
 ATTN_IMPLEMENTATION = "qift_sdpa"
@@ -61,17 +62,17 @@ class QLinear(nn.Linear):
         self.register_buffer("qweight", None, persistent=False)
         self.register_buffer("int_weight", None, persistent=False)
         self.register_buffer("int_scale", None, persistent=False)
-        self.int_level_set: str | None = None
+        self.int_level_set: LevelSet | None = None
 
     def set_int_weight(self, weight: torch.Tensor | None, scale: torch.Tensor | None = None,
-                       level_set: str | None = None) -> None:
+                       level_set: str | LevelSet | None = None) -> None:
         """Integer-product mode: y = formats.dequantize_acc(q_act @ weight^T, s_act, scale, level_set, bias).
 
         `weight` holds the integer weight values [N, K] (e.g. PoT-MNZ -4..4), `scale` the per-row scale and
-        `level_set` the set's name, exactly as the hardware sees them. The INT4 activation codes are multiplied by
-        the integer weights in FP32, which is exact here (checked: every partial sum is an integer below 2^24), so
-        the accumulators, and after `dequantize_acc` the outputs, equal the integer model's bit for bit. The float
-        weight and any `qweight` are ignored while this is set; None switches it off.
+        `level_set` the level set (or its name), exactly as the hardware sees them. The INT4 activation codes are
+        multiplied by the integer weights in FP32, which is exact here (checked: every partial sum is an integer below
+        2^24), so the accumulators, and after `dequantize_acc` the outputs, equal the integer model's bit for bit.
+        The float weight and any `qweight` are ignored while this is set; None switches it off.
         """
         if weight is None:
             self.int_weight, self.int_scale, self.int_level_set = None, None, None
@@ -86,7 +87,7 @@ class QLinear(nn.Linear):
             raise QiftError(f"{self.name}: K={self.in_features} is too large for exact FP32 integer products")
         self.int_weight = weight.detach().to(device=self.weight.device, dtype=torch.float32)
         self.int_scale = scale.detach().reshape(-1).to(device=self.weight.device, dtype=torch.float32)
-        self.int_level_set = level_set
+        self.int_level_set = get_level_set(level_set)
 
     def set_qweight(self, weight: torch.Tensor | None) -> None:
         """Use `weight` (dequantized, same shape) in place of the float weight; None restores the float weight."""

@@ -33,7 +33,7 @@ def eval_backend(name: str, hadamard: str = "unit", acc_bits: int | None = None,
     acc_bits = acc_bits or formats.ACC_BITS
 
     def hook(model: Any, weights: dict) -> dict:
-        from qift_hw.algo.pipeline import set_integer_products
+        from qift_hw.algo.quantized import set_integer_products
 
         if name == "int":
             layers = set_integer_products(model, weights)
@@ -58,7 +58,7 @@ def install_sim_backend(model: Any, weights: dict, hadamard: str = "unit", acc_b
     done = []
     for name, q in iter_qlinears(model):
         ql = weights.get(name)
-        if ql is None or ql.level_set not in formats.HW_LEVEL_SETS:
+        if ql is None or ql.level_set.name not in formats.HW_LEVEL_SETS:
             continue
         if q.a_bits != formats.ACT_BITS:
             raise QiftError(f"{name}: the integer model needs INT{formats.ACT_BITS} activations, the layer has "
@@ -127,7 +127,7 @@ def compare_linears(model: Any, weights: dict, input_ids: Any, hadamard: str = "
     with torch.no_grad():
         for name, lin in iter_qlinears(model):
             ql = weights.get(name)
-            if ql is None or ql.level_set not in formats.HW_LEVEL_SETS:
+            if ql is None or ql.level_set.name not in formats.HW_LEVEL_SETS:
                 continue
             x = inputs[name].float()
             ls = get_level_set(ql.level_set)

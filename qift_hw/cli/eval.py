@@ -90,7 +90,7 @@ def _setup(model: str, text: str, seqlen: int, windows: Optional[int], threads: 
 
 
 def _base_config(**kw):
-    from qift_hw.algo.pipeline import QuantConfig
+    from qift_hw.algo.config import QuantConfig
 
     cfg = QuantConfig(**kw)
     return cfg
@@ -226,7 +226,7 @@ def quantize_cmd(
     from qift_hw.algo.checkpoint import save_quantized
     from qift_hw.study.experiments import run_dir_for
     from qift_hw.algo.models import load_model
-    from qift_hw.algo.pipeline import quantize_model
+    from qift_hw.algo.quantize import quantize_model
 
     if threads:
         torch.set_num_threads(threads)

@@ -16,11 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qift_hw.core.errors import QiftError
+from qift_hw.algo.checkpoint import run_key, save_quantized
+from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.evaluate import evaluate_ppl
-from qift_hw.core.levels import TWO_BIT_SETS, get_level_set
-from qift_hw.algo.mixed import parse_w2_spec
-from qift_hw.algo.pipeline import FLOAT_BITS, QuantConfig, prepare_model, quantize_model
+from qift_hw.algo.prepare import prepare_model
+from qift_hw.algo.qmodel import FLOAT_BITS
+from qift_hw.algo.quantize import quantize_model
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import TWO_BIT_SETS
 
 DEMO_LEVELS = ("std", "mnz", "pot_mnz")
 DEFAULT_MIXED = "sensitivity:15"
@@ -37,19 +40,9 @@ class Point:
     ratio: float | None = None
 
 
-def weights_label(cfg: QuantConfig) -> str:
-    spec = parse_w2_spec(cfg.w2_layers)
-    if spec.kind == "all":
-        return "W2"
-    if spec.kind == "none":
-        return f"W{cfg.other_bits}"
-    return f"W2[{spec}]/W{cfg.other_bits}"
-
-
 def quant_point(base: QuantConfig, **changes) -> Point:
     cfg = replace(base, **changes)
-    cfg.validate()
-    ls = get_level_set(cfg.levels)
+    ls = cfg.validate()
     return Point(cfg.label(), "quant", cfg, ratio=ls.ratio if ls.name.startswith("ratio:") else None)
 
 
@@ -102,10 +95,9 @@ def _row(point: Point, ppl: float, seconds: float, qm=None) -> dict:
     cfg = point.config
     row = {
         "label": point.label, "kind": point.kind, "ppl": ppl, "seconds": seconds,
-        "levels": None if point.kind != "quant" else cfg.levels if parse_w2_spec(cfg.w2_layers).kind != "none"
-        else f"int{cfg.other_bits}",
+        "levels": cfg.weights_name() if point.kind == "quant" else None,
         "method": cfg.method if point.kind == "quant" else None,
-        "weights": weights_label(cfg) if point.kind == "quant" else "W16",
+        "weights": cfg.weights_label() if point.kind == "quant" else "W16",
         "a_bits": cfg.a_bits if cfg else FLOAT_BITS, "kv_bits": cfg.kv_bits if cfg else FLOAT_BITS,
         "rotated": bool(cfg and cfg.rotate), "ratio": point.ratio,
         "config": cfg.to_dict() if cfg else None,
@@ -114,7 +106,7 @@ def _row(point: Point, ppl: float, seconds: float, qm=None) -> dict:
         errs = qm.layer_errors()
         measured = [e for e in errs if e is not None]
         row.update({
-            "w2_layers": qm.w2_layers, "layer_level_sets": qm.layer_level_sets, "layer_rel_error": errs,
+            "w2_layers": qm.w2_layers, "layer_level_sets": qm.layer_level_set_names(), "layer_rel_error": errs,
             "mean_rel_error": sum(measured) / len(measured) if measured else None,
             "sensitivity": qm.sensitivity, "timings": qm.timings, "resumed_layers": qm.resumed_layers,
             "linears": [{k: r[k] for k in ("layer", "name", "level_set", "rel_error", "damp")} for r in qm.records],
@@ -123,7 +115,7 @@ def _row(point: Point, ppl: float, seconds: float, qm=None) -> dict:
 
 
 def run_dir_for(root: str | Path | None, cfg: QuantConfig, model_id: str) -> Path | None:
-    return None if root is None else Path(root) / cfg.key(model_id)
+    return None if root is None else Path(root) / run_key(cfg, model_id)
 
 
 def run_points(
@@ -159,8 +151,6 @@ def run_points(
             qm = quantize_model(model, tokenizer, cfg, run_dir=run_dir_for(run_root, cfg, model_id), calib=calib,
                                 model_id=model_id, progress=progress)
             if export is not None:
-                from qift_hw.algo.checkpoint import save_quantized
-
                 save_quantized(export, qm, model_id=model_id)
         info = backend(model, qm.weights) if backend is not None and qm is not None else None
         t1 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Sequential calibration, mixed-precision selection and resume, on tiny random LLaMA models.
 
-The sequential-calibration check is independent of the pipeline's own bookkeeping: it runs the *finished*
+The sequential-calibration check is independent of the driver's own bookkeeping: it runs the *finished*
 quantized model with plain PyTorch pre-hooks, rebuilds every linear's Hessian from the inputs it really sees
 (which, with true-sequential GPTQ, depend only on the weights quantized before it), quantizes each linear
 alone with `gptq_quantize`, and requires the same codes.
@@ -9,13 +9,17 @@ alone with `gptq_quantize`, and requires the same codes.
 import pytest
 import torch
 
-import qift_hw.algo.pipeline as pipeline
-from qift_hw.core.errors import QiftError
+import qift_hw.algo.layer as layer_module
+from qift_hw.algo.capture import capture_layer_inputs, layer_forward
+from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.gptq import gptq_quantize, rtn_quantize
-from qift_hw.core.levels import get_level_set
+from qift_hw.algo.layer import layer_linears, quantize_layer
 from qift_hw.algo.mixed import W2Spec, parse_w2_spec, pick_least_sensitive, select_w2_layers
 from qift_hw.algo.models import iter_linears, tiny_llama
-from qift_hw.algo.pipeline import QuantConfig, quantize_model
+from qift_hw.algo.prepare import prepare_model
+from qift_hw.algo.quantize import quantize_model
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import LEVEL_SETS, get_level_set
 
 torch.set_num_threads(2)
 VOCAB = 256
@@ -101,11 +105,11 @@ def test_sequential_gptq_matches_per_linear_reference(rotate, a_bits, kv_bits, l
     model = tiny_llama(seed=3, layers=2, biases=True)
     cfg = small_cfg(levels=levels, rotate=rotate, a_bits=a_bits, kv_bits=kv_bits, w2_layers="0", scale_method=scale)
     qm = quantize_model(model, None, cfg, calib=calib, progress=False)
-    assert qm.layer_level_sets == [get_level_set(levels).name, "int4"]
+    assert qm.layer_level_sets == [LEVEL_SETS[levels], LEVEL_SETS["int4"]]
     H = _hessians_from_finished_model(model, calib)
     for name, lin in iter_linears(model):
         ql = qm.weights[name]
-        ref = gptq_quantize(lin.weight.detach(), H[name], get_level_set(ql.level_set), blocksize=16,
+        ref = gptq_quantize(lin.weight.detach(), H[name], LEVEL_SETS[ql.level_set.name], blocksize=16,
                             scale_method=scale, compute_dtype=torch.float64)
         mismatch = (ref.codes != ql.codes).float().mean().item()
         assert mismatch == 0.0, (name, mismatch)
@@ -130,10 +134,10 @@ def test_mixed_layers_use_other_bits():
     model = tiny_llama(seed=5, layers=3)
     qm = quantize_model(model, None, small_cfg(method="rtn", w2_layers="last:1", other_bits=3), progress=False)
     assert qm.w2_layers == [2]
-    assert qm.layer_level_sets == ["int3", "int3", "mnz"]
+    assert qm.layer_level_set_names() == ["int3", "int3", "mnz"]
     for name, ql in qm.weights.items():
-        assert ql.level_set == ("mnz" if name.startswith("model.layers.2.") else "int3")
-        assert int(ql.codes.max()) < (4 if ql.level_set == "mnz" else 8)
+        assert ql.level_set.name == ("mnz" if name.startswith("model.layers.2.") else "int3")
+        assert int(ql.codes.max()) < (4 if ql.level_set.name == "mnz" else 8)
 
 
 def test_sensitivity_pass_selects_by_scores():
@@ -143,7 +147,7 @@ def test_sensitivity_pass_selects_by_scores():
                         progress=False)
     assert len(qm.sensitivity) == 3 and all(s == s for s in qm.sensitivity)
     assert qm.w2_layers == pick_least_sensitive(qm.sensitivity, 1)
-    assert [ls == "mnz" for ls in qm.layer_level_sets] == [i in qm.w2_layers for i in range(3)]
+    assert [ls == "mnz" for ls in qm.layer_level_set_names()] == [i in qm.w2_layers for i in range(3)]
 
 
 # ---- resume ---------------------------------------------------------------------------------------------------
@@ -156,7 +160,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     full_model = tiny_llama(seed=9, layers=3)
     full = quantize_model(full_model, None, cfg, calib=calib, progress=False)
 
-    real = pipeline.gptq_quantize
+    real = layer_module.gptq_quantize
     calls = {"n": 0}
 
     def flaky(*args, **kw):
@@ -165,11 +169,11 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "gptq_quantize", flaky)
+    monkeypatch.setattr(layer_module, "gptq_quantize", flaky)
     with pytest.raises(KeyboardInterrupt):
         quantize_model(tiny_llama(seed=9, layers=3), None, cfg, calib=calib, run_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.glob("layer_*")) == ["layer_000.safetensors"]
-    monkeypatch.setattr(pipeline, "gptq_quantize", real)
+    monkeypatch.setattr(layer_module, "gptq_quantize", real)
 
     resumed_model = tiny_llama(seed=9, layers=3)
     resumed = quantize_model(resumed_model, None, cfg, calib=calib, run_dir=tmp_path, progress=False)
@@ -189,15 +193,14 @@ def test_sequential_layer_outputs_equal_a_plain_forward_of_the_quantized_layer()
     # the cached attention output and down_proj input must give exactly what running the finished layer gives
     model = tiny_llama(seed=6, layers=2, biases=True)
     cfg = small_cfg(levels="mnz", a_bits=4, kv_bits=4, batch_size=2)
-    pipeline.prepare_model(model, cfg)
-    batches = pipeline.capture_layer_inputs(model, windows(6, 32, seed=2), cfg.batch_size, "cpu")
+    prepare_model(model, cfg)
+    batches = capture_layer_inputs(model, windows(6, 32, seed=2), cfg.batch_size, "cpu")
     layer = model.model.layers[0]
-    _, _, outs = pipeline._quantize_layer_sequential(layer, batches, "mnz", cfg, 0, None)
-    assert all(lin.qweight is not None for owner, names in pipeline.LINEAR_GROUPS
-               for lin in pipeline._group_linears(layer, owner, names))
+    _, _, outs = quantize_layer(layer, batches, LEVEL_SETS["mnz"], cfg, 0)
+    assert len(layer_linears(layer)) == 7 and all(lin.qweight is not None for lin in layer_linears(layer))
     assert len(outs) == len(batches) == 3
     for (y, kw_out), (x, kw) in zip(outs, batches):
         assert kw_out is kw
         with torch.no_grad():
-            assert torch.equal(y, pipeline._layer_forward(layer, x, kw))
+            assert torch.equal(y, layer_forward(layer, x, kw))
     assert "forward" not in layer.self_attn.__dict__ and "forward" not in layer.mlp.__dict__

@@ -20,7 +20,9 @@ def test_smollm2_gptq_export_round_trip(smollm2, tmp_path):
     from qift_hw.algo.data import get_windows
     from qift_hw.algo.evaluate import evaluate_ppl
     from qift_hw.algo.checkpoint import load_quantized, save_quantized
-    from qift_hw.algo.pipeline import QuantConfig, prepare_model, quantize_model
+    from qift_hw.algo.config import QuantConfig
+    from qift_hw.algo.prepare import prepare_model
+    from qift_hw.algo.quantize import quantize_model
 
     base, tok = smollm2
     ev = get_windows(tok, "pydoc", "eval", 256, 2)

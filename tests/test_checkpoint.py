@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from qift_hw.core.errors import QiftError
-from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.algo.checkpoint import load_quantized, quantized_weights, read_metadata, save_quantized
-from qift_hw.core.levels import unpack_codes
+from qift_hw.algo.config import QuantConfig
+from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.algo.models import tiny_llama
-from qift_hw.algo.pipeline import QuantConfig, quantize_model
+from qift_hw.algo.quantize import quantize_model
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import unpack_codes
 
 torch.set_num_threads(2)
 
