@@ -1,12 +1,10 @@
-"""Cycle and traffic model: closed forms against the cycle-stepped array, model totals, and the estimate CLI."""
+"""Cycle and traffic model: closed forms against the cycle-stepped array, model totals, and the estimate."""
 
 import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from qift_hw.cli.app import app
 from qift_hw.core.errors import QiftError
 from qift_hw.sim.array import array_gemm
 from qift_hw.sim.cycle_model import HwConfig, gemm_row, had_cycles, model_report, ws_m_tile
@@ -65,26 +63,30 @@ def test_config_json_and_errors(tmp_path):
         HwConfig(dataflow="rs")
 
 
-def test_estimate_cli(tmp_path):
-    out = tmp_path / "est.json"
-    res = CliRunner().invoke(app, ["estimate", "--model", "smollm2", "--array", "16x16", "--seq", "64",
-                                   "--dataflow", "os", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    assert "Totals" in res.output and out.is_file()
-    data = json.loads(out.read_text())
-    assert set(data["reports"]) == {f"{f}_{p}" for f in ("w2", "w4", "w8") for p in ("prefill", "decode")}
-    bad = CliRunner().invoke(app, ["estimate", "--array", "32by32", "--out", str(out)])
-    assert bad.exit_code != 0
+def test_estimate_reports_every_format_and_phase():
+    from qift_hw.sim.estimate import run_estimate
+
+    shape = load_model_shape("smollm2")
+    hw = HwConfig(rows=16, cols=16, dataflow="os")
+    res = run_estimate(shape, hw, seq=64)
+    assert set(res["reports"]) == {f"{f}_{p}" for f in ("w2", "w4", "w8") for p in ("prefill", "decode")}
+    assert res["context"] == 64 and res["array"] == "16x16"
+    for bits, fmt in ((2, "w2"), (4, "w4"), (8, "w8")):
+        q = next(r for r in res["reports"][f"{fmt}_decode"]["rows"] if r["name"] == "q_proj")
+        assert q["dram_read_bytes"] >= shape.hidden * shape.heads * shape.head_dim * bits // 8
+    with pytest.raises(QiftError, match="pot_mnz"):
+        run_estimate(shape, hw, seq=64, levels=["mnz"])
 
 
-def test_estimate_cli_with_pe_areas(tmp_path):
+def test_estimate_pe_areas(tmp_path):
+    from qift_hw.sim.estimate import run_estimate
+
     rows = [{"what": "pe", "params": {"kind": k, "acc_bits": 32}, "generic_cells": c, "ice40_lut4": c // 3}
             for k, c in (("pot_mnz", 300), ("int4", 400), ("int8", 700))]
     area = tmp_path / "area.json"
     area.write_text(json.dumps({"rows": rows}))
-    out = tmp_path / "est.json"
-    res = CliRunner().invoke(app, ["estimate", "--array", "8x8", "--seq", "16", "--area-json", str(area),
-                                   "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    per = json.loads(out.read_text())["pe_area"]["per_format"]
+    res = run_estimate(load_model_shape("smollm2"), HwConfig(rows=8, cols=8), seq=16, area_json=area)
+    per = res["pe_area"]["per_format"]
     assert per["w2"]["array_generic_cells"] == 300 * 64 and per["w8"]["pe"] == "int8"
+    with pytest.raises(QiftError, match="rtl area"):
+        run_estimate(load_model_shape("smollm2"), HwConfig(rows=8, cols=8), seq=16, area_json=tmp_path / "no.json")

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from qift_hw.cli.app import app
+from qift_hw.cli.options import RUNS
 
 
 DEMO_MIXED = "last:15"
@@ -24,23 +25,23 @@ def _stages(out: Path, windows: int, seqlen: int, calib: int, quick: bool) -> li
     eval_args = ["eval", "--table", "demo", "--mixed", DEMO_MIXED, "--windows", str(windows), "--seqlen", str(seqlen),
                  "--calib-windows", str(calib), "--out", str(out / "pipeline"), "--run-root", str(out / "gptq")]
     return [
-        ("1. Level sets (algorithm)", ["levels", "--plot", str(out / "levels.png"), "--json", str(out / "levels.json")]),
+        ("1. Level sets (algorithm)", ["levels", "--out", str(out)]),
         ("2. Rotated W2A4/KV4 pipeline on SmolLM2-135M: FP, rotated FP, std/mnz/pot_mnz GPTQ, mixed point "
          f"(mnz on {DEMO_MIXED}, int4 elsewhere)", eval_args),
         ("3. Accelerator estimate from the cycle model (32x32 array, W2 vs W4 vs W8)",
-         ["estimate", "--model", "smollm2", "--array", "32x32", "--out", str(out / "estimate_smollm2_32x32.json")]),
+         ["estimate", "--model", "smollm2", "--array", "32x32", "--out", str(out)]),
         ("4. RTL: generate Verilog", ["rtl", "generate"]),
         ("5. RTL: short cocotb verification on Icarus against the bit-accurate model",
-         ["rtl", "verify", "--sim", "icarus", "--quick", "--json-out", str(out / "rtl_verify_icarus.json")]),
+         ["rtl", "verify", "--sim", "icarus", "--quick", "--out", str(out)]),
         ("6. RTL: Yosys area of the PE variants and a small array",
-         ["rtl", "area", "--sizes", "2x2" if quick else "2x2,4x4", "--array-kinds", "pot_mnz,int4",
+         ["rtl", "area", "--array", "2x2" if quick else "2x2,4x4", "--array-levels", "pot_mnz,int4",
           "--pe-acc-bits", "32", "--out", str(out / "area")]),
     ]
 
 
 @app.command("demo")
 def demo_cmd(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's reports, tables and plots."),
+    out: Path = typer.Option(RUNS / "demo", "--out", help="Run folder for the demo's reports, tables and plots."),
     windows: int = typer.Option(16, "--windows", help="Evaluation windows for the perplexity stage."),
     seqlen: int = typer.Option(512, "--seqlen", help="Evaluation window length (tokens)."),
     calib: int = typer.Option(16, "--calib-windows", help="GPTQ calibration windows (512 tokens each)."),

@@ -6,12 +6,12 @@ from typing import Optional
 import typer
 
 from qift_hw.cli.app import app
+from qift_hw.cli.options import out_option, run_folder
 
 
 @app.command("levels")
 def levels_cmd(
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the level sets and the MSE-vs-ratio curve to this PNG."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
+    out: Optional[Path] = out_option("levels.json, levels.csv and levels.png (the sets and the MSE-vs-ratio curve)"),
 ) -> None:
     """Print every level set: levels, inner/outer ratio, shift-friendliness and Gaussian MSE at the best scale."""
     from rich.console import Console
@@ -19,6 +19,8 @@ def levels_cmd(
 
     from qift_hw.core.io import write_json
     from qift_hw.core.levels import level_table, ratio_sweep
+    from qift_hw.core.provenance import provenance, write_csv
+    from qift_hw.study.plots import plot_level_sets
 
     rows = level_table()
     table = Table(title="Level sets (levels in units of the per-channel scale)")
@@ -33,11 +35,7 @@ def levels_cmd(
     sweep = ratio_sweep()
     console.print(f"Gaussian MSE over inner/outer ratio 0.05..0.7: best ratio {sweep['best_ratio']:.3f} "
                   f"(MSE {sweep['best_mse']:.4f})")
-    if json_out:
-        write_json(json_out, {"level_sets": rows, "ratio_sweep": sweep})
-        console.print(f"wrote {json_out}")
-    if plot:
-        from qift_hw.study.plots import plot_level_sets
-
-        plot_level_sets(rows, sweep, plot)
-        console.print(f"wrote {plot}")
+    folder = run_folder(out, "levels")
+    paths = [write_json(folder / "levels.json", {"level_sets": rows, "ratio_sweep": sweep, "provenance": provenance()}),
+             write_csv(folder / "levels.csv", rows), plot_level_sets(rows, sweep, folder / "levels.png")]
+    console.print("wrote " + ", ".join(str(p) for p in paths))

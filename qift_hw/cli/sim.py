@@ -1,10 +1,13 @@
 """`qift-hw sim ...`: the bit-accurate model from the command line (protocol traces, a GEMM check)."""
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from qift_hw.cli.app import app
+from qift_hw.cli.options import (ARRAY_HELP, LEVELS_HELP, acc_bits_option, acc_bits_or_default, out_option,
+                                 parse_array, run_folder, stimulus_seed_option)
 
 sim_app = typer.Typer(help="Bit-accurate model of the W2 x INT4 array: protocol traces and checks.", no_args_is_help=True)
 app.add_typer(sim_app, name="sim")
@@ -13,24 +16,25 @@ app.add_typer(sim_app, name="sim")
 @sim_app.command("trace")
 def trace_cmd(
     dataflow: str = typer.Option("ws", "--dataflow", help="ws (weight-stationary) or os (output-stationary)."),
-    array: str = typer.Option("4x4", "--array", help="PE array size, rows x columns."),
+    array: str = typer.Option("4x4", "--array", help=ARRAY_HELP),
     m: int = typer.Option(5, "--m", help="WS: activation rows streamed through the pass."),
     k: int = typer.Option(6, "--k", help="OS: reduction length streamed through the pass."),
-    level_set: str = typer.Option("pot_mnz", "--levels", help="Level set of the PEs (pot_mnz, mnz, pm12, std, int4)."),
-    acc_bits: int = typer.Option(32, "--acc-bits", help="Accumulator width."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random activations and codes."),
-    out: Path = typer.Option(Path("trace.npz"), "--out", help="Output .npz: one array per port, first axis = cycle."),
+    level_set: str = typer.Option("pot_mnz", "--levels", help=LEVELS_HELP),
+    acc_bits: Optional[int] = acc_bits_option,
+    seed: int = stimulus_seed_option,
+    out: Optional[Path] = out_option("trace.npz (one array per port, first axis = cycle) and trace.json"),
 ) -> None:
     """Run one random pass of the cycle-stepped array and save every port, cycle by cycle (docs/array_protocol.md)."""
     import numpy as np
 
-    from qift_hw.cli.estimate import _parse_array
     from qift_hw.core.errors import QiftError
-    from qift_hw.core.io import atomic_path
+    from qift_hw.core.io import atomic_path, write_json
+    from qift_hw.core.provenance import provenance
     from qift_hw.sim.array import OSArray, WSArray, os_pass, ws_pass
     from qift_hw.sim.pe import pe_kind
 
-    R, C = _parse_array(array)
+    R, C = parse_array(array)
+    acc_bits = acc_bits_or_default(acc_bits)
     _, code_bits = pe_kind(level_set)
     rng = np.random.default_rng(seed)
     if dataflow == "ws":
@@ -41,7 +45,13 @@ def trace_cmd(
         res, ovf, tr = os_pass(OSArray(R, C, level_set, acc_bits), acts, codes)
     else:
         raise QiftError(f"unknown dataflow {dataflow!r}; use ws or os")
-    with atomic_path(out) as tmp:
+    folder = run_folder(out, "sim_trace", dataflow=dataflow, array=f"{R}x{C}", m=m if dataflow == "ws" else None,
+                        k=k if dataflow == "os" else None, levels=level_set, acc_bits=acc_bits, seed=seed)
+    path = folder / "trace.npz"
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, acts=acts, codes=codes, results=res, overflow=ovf, **tr)
-    typer.echo(f"{dataflow.upper()} pass on {R}x{C}: {len(tr['en'])} cycles, results {res.shape}; wrote {out}")
+    write_json(folder / "trace.json", {"dataflow": dataflow, "array": f"{R}x{C}", "levels": level_set,
+                                       "acc_bits": acc_bits, "seed": seed, "cycles": len(tr["en"]),
+                                       "ports": sorted(tr), "provenance": provenance()})
+    typer.echo(f"{dataflow.upper()} pass on {R}x{C}: {len(tr['en'])} cycles, results {res.shape}; wrote {path}")

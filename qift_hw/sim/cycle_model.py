@@ -29,7 +29,7 @@ class HwConfig:
     cols: int = 32
     dataflow: str = "ws"
     clock_mhz: float = 1000.0
-    dram_gbps: float = 64.0
+    dram_gbps: float = 16.0
     act_sram_kib: float = 256.0
     w_sram_kib: float = 256.0
     out_sram_kib: float = 256.0

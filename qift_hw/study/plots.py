@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
 from qift_hw.core.io import save_figure
 
 
-def plot_level_sets(rows: list[dict], sweep: dict, path: str | os.PathLike) -> None:
+def plot_level_sets(rows: list[dict], sweep: dict, path: str | os.PathLike) -> Path:
     """Left: each 2-bit level set's levels normalised to its outer magnitude. Right: Gaussian MSE vs ratio."""
     import matplotlib
 
@@ -37,5 +39,6 @@ def plot_level_sets(rows: list[dict], sweep: dict, path: str | os.PathLike) -> N
     ax2.set_title(f"best ratio {sweep['best_ratio']:.3f}")
     ax2.legend()
     fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    written = save_figure(fig, path, dpi=120)
     plt.close(fig)
+    return written

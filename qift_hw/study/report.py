@@ -2,7 +2,8 @@
 
 A result row is a plain dict: label, kind (fp / rotated_fp / quant), levels, method, weights (e.g. "W2",
 "W4", "W2[first:15]/W4"), a_bits, kv_bits, ppl, mean_rel_error, layer_rel_error (list per layer), seconds and
-the full config. `write_report` writes `results.json`, `results.md` and the plots into one folder.
+the full config. `write_report` writes `results.json` (with the provenance record), `results.md`, `results.csv`
+and the plots into one folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from qift_hw.core.errors import QiftError
 from qift_hw.core.io import save_figure, write_json, write_text
+from qift_hw.core.provenance import provenance, provenance_line, write_csv
 
 TWO_BIT_ORDER = ("std", "asym", "pm12", "mnz", "pot_mnz", "lloyd", "nf2")
 
@@ -203,13 +205,30 @@ def merge_results(parts: list[dict]) -> tuple[list[dict], dict]:
     return rows, meta
 
 
+CSV_COLUMNS = ("label", "kind", "weights", "a_bits", "kv_bits", "levels", "method", "ratio", "ppl",
+               "mean_rel_error", "seconds")
+"""Columns of results.csv (per-layer residuals and the full config stay in results.json)."""
+
+
+def _results(rows: list[dict], meta: dict) -> dict:
+    return {"meta": meta, "rows": rows, "provenance": provenance(meta.get("command"))}
+
+
+def write_partial(rows: list[dict], folder: str | os.PathLike, meta: dict) -> Path:
+    """results.partial.json: the rows so far, so an interrupted run keeps what it measured."""
+    return write_json(Path(folder) / "results.partial.json", _results(rows, meta))
+
+
 def write_report(rows: list[dict], folder: str | os.PathLike, meta: dict | None = None, plots: bool = True) -> Path:
-    """Write results.json, results.md and plots (png) into `folder`; returns the Markdown path."""
+    """Write results.json (rows, meta, provenance), results.md, results.csv and plots (png) into `folder`;
+    returns the Markdown path."""
     folder = Path(folder)
     meta = dict(meta or {})
-    write_json(folder / "results.json", {"meta": meta, "rows": rows})
+    results = _results(rows, meta)
+    write_json(folder / "results.json", results)
+    write_csv(folder / "results.csv", [{**r, "setting": setting_of(r)} for r in rows], ("setting", *CSV_COLUMNS))
     md = folder / "results.md"
-    write_text(md, render_markdown(rows, meta))
+    write_text(md, render_markdown(rows, meta) + "\n" + provenance_line(results["provenance"]) + "\n")
     if plots and rows:
         plot_ppl(rows, folder / "ppl.png")
         if any(r.get("layer_rel_error") for r in rows):

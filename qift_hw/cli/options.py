@@ -1,0 +1,103 @@
+"""Options and helpers that several commands share: one name, one help text and one default per concept.
+
+Defaults that belong to a library dataclass (QuantConfig, HwConfig) or to `core.formats` are not repeated here:
+those options default to None and the command reads the library's default when it builds the config, so
+`--help` stays fast (no torch import) and the value is defined once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qift_hw.core.errors import QiftError
+
+RUNS = Path("runs")
+"""Every command's default output lives in a run folder under here (never docs/results or the current folder)."""
+
+LEVELS_HELP = "Level set (weight format) of the PEs: pot_mnz, mnz, pm12, std, int4 or int8."
+ARRAY_HELP = "PE array size, rows x columns (e.g. 32x32)."
+SEQLEN_HELP = "Sequence length in tokens."
+HAD_N_HELP = "Hadamard unit order n = K * 2^k."
+ROTATION_SEED_HELP = "Seed of the random Hadamard rotation (QuaRot)."
+CALIB_SEED_HELP = "Seed of the calibration window sampling."
+STIMULUS_SEED_HELP = "Seed of the random stimulus (activations and codes)."
+DEVICE_HELP = "Torch device: cpu, cuda or cuda:N (default: cuda when available)."
+ACC_BITS_HELP = "Accumulator width in bits (saturating)."
+
+
+def out_option(what: str) -> typer.models.OptionInfo:
+    """The `--out` option: a run folder (created), default a folder under runs/ named for the settings."""
+    return typer.Option(None, "--out", help=f"Run folder for {what} (default: runs/<command>/<settings>).")
+
+
+def run_folder(out: Optional[Path], command: str, **settings) -> Path:
+    """``out`` if given, else ``runs/<command>/<k>-<v>_...``: a folder per combination of settings, so a sweep
+    never overwrites itself."""
+    if out is not None:
+        return out
+    parts = [f"{k.replace('_', '-')}-{_slug(v)}" for k, v in settings.items() if v is not None]
+    return RUNS / command / ("_".join(parts) or "default")
+
+
+def _slug(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        value = f"{value:g}"
+    text = str(value)
+    if "/" in text or "\\" in text:
+        text = Path(text).stem or Path(text).parent.name
+    return re.sub(r"[^A-Za-z0-9.+:-]+", "-", text).strip("-") or "x"
+
+
+def parse_list(text: str) -> list[str]:
+    """A comma list, blanks dropped (QiftError when nothing is left)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise QiftError(f"empty list {text!r}; give comma-separated values")
+    return items
+
+
+def parse_arrays(text: str) -> list[tuple[int, int]]:
+    """One or more array sizes ``RxC``, comma separated."""
+    from qift_hw.rtl.generate import parse_array_size
+
+    return [parse_array_size(s) for s in parse_list(text)]
+
+
+def parse_array(text: str) -> tuple[int, int]:
+    """Exactly one array size ``RxC``."""
+    sizes = parse_arrays(text)
+    if len(sizes) != 1:
+        raise QiftError(f"--array takes one size here (e.g. 32x32), got {text!r}")
+    return sizes[0]
+
+
+def resolve_device(device: Optional[str]) -> str:
+    """``device`` checked, or cuda when available, else cpu: the one `--device` default of every command."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise QiftError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QiftError("CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def acc_bits_or_default(acc_bits: Optional[int]) -> int:
+    """``acc_bits`` or the project's accumulator width (`core.formats.ACC_BITS`)."""
+    from qift_hw.core import formats
+
+    return formats.ACC_BITS if acc_bits is None else acc_bits
+
+
+device_option = typer.Option(None, "--device", help=DEVICE_HELP)
+rotation_seed_option = typer.Option(None, "--rotation-seed", help=ROTATION_SEED_HELP, show_default="QuantConfig.rotation_seed")
+stimulus_seed_option = typer.Option(0, "--seed", help=STIMULUS_SEED_HELP)
+acc_bits_option = typer.Option(None, "--acc-bits", help=ACC_BITS_HELP, show_default="core.formats.ACC_BITS")
