@@ -19,6 +19,7 @@ import torch
 
 from qift_hw.core import hadamard as hd
 from qift_hw.core.io import save_figure, write_text
+from qift_hw.core.provenance import provenance
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SIZES = (576, 1536, 4096, 11008, 14336)
@@ -115,6 +116,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "rows": bench(args.batch, args.repeats, device),
+        "provenance": provenance(),
     }
     write_text(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")

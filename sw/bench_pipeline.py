@@ -37,6 +37,7 @@ def main() -> None:
     from qift_hw.algo.data import get_windows
     from qift_hw.algo.evaluate import evaluate_ppl
     from qift_hw.core.io import write_json
+    from qift_hw.core.provenance import provenance
     from qift_hw.algo.models import load_model
     from qift_hw.algo.config import QuantConfig
     from qift_hw.algo.quantize import quantize_model
@@ -99,6 +100,7 @@ def main() -> None:
         "ppl": {"fp": ppl_fp, "w2a4kv4_gptq": ppl_q},
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "goal": "full GPTQ run plus evaluation well under 600 s on 2 cores",
+        "provenance": provenance(),
     }
     write_json(Path(args.out), result)
     print(result)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from qift_hw.core.io import write_text
+from qift_hw.core.provenance import provenance
 from qift_hw.rtl.generate import array_top, write_top
 from qift_hw.verify.replay import port_plan, replay_amaranth
 from qift_hw.verify.simulate import repo_root, run_bench, simulator_available
@@ -79,7 +80,7 @@ def main() -> None:
     result = {"what": "cocotb-driven replay of a WS GEMM trace, outputs compared every cycle",
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "results": rows_out,
               "note": "rates include cocotb's per-cycle Python work (drive, read, compare); the machine is shared, "
-                      "so absolute rates vary with load"}
+                      "so absolute rates vary with load", "provenance": provenance()}
     write_text(args.out, json.dumps(result, indent=1))
     print(f"saved {args.out}")
 

@@ -55,6 +55,7 @@ def main() -> None:
 
     from qift_hw.core.formats import weight_int_values
     from qift_hw.core.io import write_json
+    from qift_hw.core.provenance import provenance
     from qift_hw.sim import matmul, prepare_weights
 
     torch.set_num_threads(args.threads)
@@ -103,7 +104,7 @@ def main() -> None:
     write_json(args.out, {"level_set": level_set, "threads": args.threads, "numba_threading_layer":
                           numba.threading_layer(), "machine": platform.processor() or platform.machine(),
                           "cpu_count": os.cpu_count(), "torch": torch.__version__, "numba": numba.__version__,
-                          "rows": rows, "summary": summary})
+                          "rows": rows, "summary": summary, "provenance": provenance()})
     print(f"wrote {args.out}")
 
 

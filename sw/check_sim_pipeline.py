@@ -80,6 +80,7 @@ def main() -> None:
     from qift_hw.algo.data import eval_windows
     from qift_hw.algo.evaluate import evaluate_ppl
     from qift_hw.core.io import write_json
+    from qift_hw.core.provenance import provenance
     from qift_hw.algo.models import load_model
     from qift_hw.algo.config import QuantConfig
     from qift_hw.algo.quantize import quantize_model
@@ -101,6 +102,7 @@ def main() -> None:
 
         data = json.loads(args.out.read_text())
         data["code_flips"] = flips
+        data["provenance"] = provenance()
         write_json(args.out, data)
         print(f"first layer with moved codes: {next((r['layer'] for r in flips if r['codes_moved']), None)}; "
               f"wrote {args.out}")
@@ -135,7 +137,8 @@ def main() -> None:
     res["sim_float_equals_int_products"] = res["sim_float_hadamard"]["ppl"] == res["int_products"]["ppl"]
     print(f"sim (float Hadamard) == PyTorch integer products, bit for bit: {res['sim_float_equals_int_products']}")
     moved = [r["unit_codes_moved"] for r in rows if "unit_codes_moved" in r]
-    write_json(args.out, {"config": cfg.to_dict(), "quantize_seconds": t_quant, "eval_windows": args.windows,
+    write_json(args.out, {"provenance": provenance(), "config": cfg.to_dict(), "quantize_seconds": t_quant,
+                          "eval_windows": args.windows,
                           "eval_seqlen": args.seqlen, "threads": args.threads,
                           "linears": {"count": len(rows), "all_acc_exact": all(r["acc_exact"] for r in rows),
                                       "worst_diff_over_bound": max(r["max_diff_over_bound"] for r in rows),

@@ -20,6 +20,7 @@ import torch
 
 from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.core.io import write_text
+from qift_hw.core.provenance import command_line, provenance
 from qift_hw.algo.models import tiny_llama
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.quantize import quantize_model
@@ -71,7 +72,7 @@ def main() -> None:
               f"ppl cpu {p_cpu:.4f} cuda {p_gpu:.4f} (rel diff {row['ppl_rel_diff']:.2e})", flush=True)
     data = {"device": torch.cuda.get_device_name(0), "model": {"hidden": args.hidden, "layers": args.layers,
             "vocab": 512, "random": True}, "config": "W2A4KV4, rotation on, levels " + args.levels,
-            "rows": rows, "command": "python " + " ".join(sys.argv)}
+            "rows": rows, "command": command_line(), "provenance": provenance()}
     write_text(args.out, json.dumps(data, indent=1))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import sys
 import time
 
@@ -23,7 +22,8 @@ from qift_hw.gpu import dispatch
 from qift_hw.core.io import write_text
 from qift_hw.gpu.decoder import Decoder, compiled_glue, step_bytes
 from qift_hw.core.shapes import MODELS, load_model_shape
-from qift_hw.gpu.timing import copy_bandwidth, device_info
+from qift_hw.core.provenance import provenance, write_csv
+from qift_hw.gpu.timing import copy_bandwidth, device_info, time_graph
 
 VARIANTS = {"fp16": ("fp16", "fp16"), "w2": ("w2", "fp16"), "w2_all": ("w2", "w2")}
 
@@ -33,7 +33,8 @@ def _save(path: str, data: dict) -> None:
 
 
 def time_step(model: Decoder, batch: int, pos: int, replays: int = 20) -> dict:
-    """Median seconds per decode step, captured as a CUDA graph; plus an eager (uncaptured) figure."""
+    """Median seconds per decode step, one step per captured CUDA graph (`gpu.timing.time_graph`); plus an eager
+    (uncaptured) figure."""
     tokens = torch.randint(0, model.shape.vocab, (batch,), device="cuda")
     for _ in range(3):
         model.step(tokens, pos)
@@ -43,26 +44,8 @@ def time_step(model: Decoder, batch: int, pos: int, replays: int = 20) -> dict:
         model.step(tokens, pos)
     torch.cuda.synchronize()
     eager = (time.perf_counter() - t0) / 3
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        model.step(tokens, pos)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        model.step(tokens, pos)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3)
-    del g
-    return {"s": statistics.median(times), "min_s": min(times), "max_s": max(times), "eager_s": eager}
+    t = time_graph(lambda _: model.step(tokens, pos), 1, calls=1, replays=replays)
+    return {"s": t["s"], "min_s": t["min_s"], "max_s": t["max_s"], "eager_s": eager}
 
 
 def run_model(mname: str, batches: list[int], pos: int, bw: float, variants: list[str], glue) -> list[dict]:
@@ -121,8 +104,9 @@ def main() -> None:
         except Exception as exc:  # no working inductor on this machine: time the unfused glue instead
             glue, glue_note = None, f"eager, torch.compile failed: {type(exc).__name__}: {str(exc)[:200]}"
     print("glue:", glue_note, flush=True)
-    data = {"device": info, "copy_bandwidth": bw, "command": "python " + " ".join(sys.argv), "glue": glue_note,
-            "rows": []}
+    prov = provenance()
+    data = {"device": info, "copy_bandwidth": bw, "command": prov["command"], "glue": glue_note, "rows": [],
+            "provenance": prov}
     for m in args.models.split(","):
         data["rows"] += run_model(m, [int(b) for b in args.batches.split(",")], args.pos, bw,
                                   args.variants.split(","), glue)
@@ -132,6 +116,7 @@ def main() -> None:
         if (r["model"], r["batch"]) in base:
             r["speedup_vs_fp16"] = base[(r["model"], r["batch"])] / r["s"]
     _save(args.out, data)
+    write_csv(args.out.rsplit(".", 1)[0] + ".csv", [{k: v for k, v in r.items() if k != "bytes"} for r in data["rows"]])
     print("\nmodel          variant  B   ms/step   tok/s  speedup  GB/s")
     for r in data["rows"]:
         print(f"{r['model']:14s} {r['variant']:7s} {r['batch']:2d} {r['s'] * 1e3:8.3f} {r['tokens_per_s']:8.1f}"

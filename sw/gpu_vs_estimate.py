@@ -1,7 +1,7 @@
 """Table: what the GPU measured (docs/results/gpu_bench.json, gpu_e2e.json) next to `qift-hw estimate`.
 
-Runs on any machine (no GPU): it calls `qift-hw estimate` for each model and accelerator configuration and
-lines its per-linear cycles (converted to microseconds at the stated clock) up with the measured W2 and FP16
+Runs on any machine (no GPU): it runs the estimate (`qift_hw.sim.estimate`) for each model and accelerator
+configuration and lines its per-linear cycles (converted to microseconds at the stated clock) up with the measured W2 and FP16
 kernel times, at decode (M = 1) and prefill (M = 512), plus the whole-model decode tokens/s.
 
     python sw/gpu_vs_estimate.py [--arrays 32x32@1000MHz/16GBps,128x128@1000MHz/256GBps]
@@ -13,24 +13,14 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
 from qift_hw.core.io import write_text
-
-EST_NAME = {"smollm2-135m": "smollm2", "llama2-7b": "llama2-7b", "llama3-8b": "llama3-8b"}
-
-
-def run_estimate(model: str, array: str, mhz: float, gbps: float, seq: int, context: int) -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "est.json")
-        exe = os.path.join(os.path.dirname(sys.executable), "qift-hw")
-        cmd = [exe if os.path.exists(exe) else "qift-hw", "estimate", "--model", model, "--array", array, "--clock-mhz",
-               str(mhz), "--dram-gbps", str(gbps), "--seq", str(seq), "--context", str(context), "--out", out]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-        with open(out) as f:
-            return json.load(f)
+from qift_hw.core.provenance import provenance, write_csv
+from qift_hw.core.shapes import load_model_shape
+from qift_hw.rtl.generate import parse_array_size
+from qift_hw.sim.cycle_model import HwConfig
+from qift_hw.sim.estimate import run_estimate
 
 
 def main() -> None:
@@ -38,7 +28,7 @@ def main() -> None:
     ap.add_argument("--bench", default="docs/results/gpu_bench.json")
     ap.add_argument("--e2e", default="docs/results/gpu_e2e.json")
     ap.add_argument("--out", default="docs/results/gpu_vs_estimate.json")
-    ap.add_argument("--models", default="smollm2-135m,llama2-7b")
+    ap.add_argument("--models", default="smollm2,llama2-7b", help="model shapes (core.shapes names), comma-separated")
     ap.add_argument("--arrays", default="32x32@1000MHz/16GBps,128x128@1000MHz/256GBps",
                     help="accelerator configurations: ROWSxCOLS@CLOCKMHz/DRAMGBps, comma-separated")
     args = ap.parse_args()
@@ -52,9 +42,12 @@ def main() -> None:
         m = re.fullmatch(r"(\d+x\d+)@([\d.]+)MHz/([\d.]+)GBps", spec)
         if not m:
             sys.exit(f"error: bad --arrays entry {spec!r}; write e.g. 32x32@1000MHz/16GBps")
-        array, mhz, gbps = m.group(1), float(m.group(2)), float(m.group(3))
-        for model in args.models.split(","):
-            est = run_estimate(EST_NAME[model], array, mhz, gbps, 512, pos)
+        (R, C), mhz, gbps = parse_array_size(m.group(1)), float(m.group(2)), float(m.group(3))
+        hw = HwConfig(rows=R, cols=C, clock_mhz=mhz, dram_gbps=gbps)
+        for name in args.models.split(","):
+            shape = load_model_shape(name)
+            model = shape.name
+            est = run_estimate(shape, hw, seq=512, context=pos)
             for phase, M in (("decode", 1), ("prefill", 512)):
                 rep = est["reports"][f"w2_{phase}"]
                 for r in rep["rows"]:
@@ -70,9 +63,13 @@ def main() -> None:
                                "est_pe_util": t["pe_util"], "est_dram_mb_per_token": t["dram_bytes_per_token"] / 1e6,
                                "gpu_w2_tokens_per_s": gpu_tok.get((model, "w2", 1)) if phase == "decode" else None,
                                "gpu_fp16_tokens_per_s": gpu_tok.get((model, "fp16", 1)) if phase == "decode" else None})
+    prov = provenance()
     data = {"gpu": bench["device"]["name"], "context": pos, "rows": rows, "totals": totals,
-            "command": "python " + " ".join(sys.argv)}
+            "command": prov["command"], "provenance": prov}
     write_text(args.out, json.dumps(data, indent=1))
+    stem = os.path.splitext(args.out)[0]
+    write_csv(stem + ".csv", rows)
+    write_csv(stem + "_totals.csv", totals)
     print("| accelerator | model | phase | layer (N x K) | estimate us | est. PE util | GPU W2 us | GPU FP16 us |")
     print("|---|---|---|---|---:|---:|---:|---:|")
     for r in rows:
