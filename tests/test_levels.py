@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from qift_hw.core.errors import QiftError
-from qift_hw.core.levels import (LEVEL_SETS, TWO_BIT_SETS, QParams, dequantize, fit_params, gaussian_mse,
-                            gaussian_mse_at_scale, get_level_set, pack_codes, quantize, ratio_sweep, unpack_codes)
+from qift_hw.core.levels import (LEVEL_SETS, MULTIPLIER_PE, PE_KINDS, TWO_BIT_SETS, LevelSet, QParams, dequantize,
+                                 fit_params, gaussian_mse, gaussian_mse_at_scale, get_level_set, pack_codes, quantize,
+                                 ratio_sweep, unpack_codes)
 
 REFERENCE_MSE = {"lloyd": 0.1175, "mnz": 0.1188, "nf2": 0.1202, "pot_mnz": 0.1205, "std": 0.1494, "pm12": 0.1581}
 
@@ -177,3 +178,31 @@ def test_bad_input():
     with pytest.raises(QiftError, match="uint8"):
         pack_codes(torch.zeros(2, 4, dtype=torch.int64))
     assert set(LEVEL_SETS) >= {"std", "asym", "pm12", "mnz", "pot_mnz", "lloyd", "nf2", "int3", "int4", "int8"}
+
+
+def test_hardware_view_of_the_sets():
+    """unit, PE kind and integer weights (level / unit) as docs/formats.md lists them."""
+    want = {"pot_mnz": (1.0, "pot_mnz", [1, 4, -1, -4]), "mnz": (0.5, "mnz", [1, 3, -1, -3]),
+            "pm12": (1.0, "pm12", [1, 2, -1, -2]), "std": (1.0, "std", [0, 1, -2, -1]),
+            "int3": (1.0, MULTIPLIER_PE, [0, 1, 2, 3, -4, -3, -2, -1])}
+    for name, (unit, pe, w) in want.items():
+        ls = get_level_set(name)
+        assert (ls.unit, ls.pe, ls.int_weights.tolist()) == (unit, pe, w)
+    assert get_level_set("int8").pe == MULTIPLIER_PE and get_level_set("int8").int_weights[128] == -128
+    assert set(PE_KINDS) == {"pot_mnz", "mnz", "pm12", "std", MULTIPLIER_PE}
+    for name in ("asym", "lloyd", "nf2", "ratio:0.25"):
+        ls = get_level_set(name)
+        assert ls.unit is None and ls.pe is None
+        with pytest.raises(QiftError, match="no integer weights"):
+            _ = ls.int_weights
+
+
+def test_hardware_view_is_checked():
+    lv, codes = np.array([-1.5, -0.5, 0.5, 1.5]), np.array([3, 2, 0, 1], dtype=np.uint8)
+    with pytest.raises(QiftError, match="integer times unit"):
+        LevelSet("x", lv, 2, "symmetric", codes, unit=1.0)
+    with pytest.raises(QiftError, match="needs a unit"):
+        LevelSet("x", lv, 2, "symmetric", codes, pe="mnz")
+    with pytest.raises(QiftError, match="needs a unit"):
+        LevelSet("x", lv, 2, "symmetric", codes, unit=0.5, pe="adder")
+    assert LevelSet("x", lv, 2, "symmetric", codes, unit=0.5, pe="mnz").int_weights.tolist() == [1, 3, -1, -3]

@@ -12,7 +12,8 @@ from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import get_level_set, pack_codes
 from qift_hw.sim import SaturationWarning, matmul, prepare_weights
-from qift_hw.sim.pe import pe_product
+from qift_hw.sim.bitplane import mu_shift_add, signmag_mu
+from qift_hw.sim.pe import MNZ, MULT, PM12, POT_MNZ, STD, pe_kind, pe_product
 
 SETS = ["pot_mnz", "mnz", "pm12", "std"]
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -43,7 +44,8 @@ def seq_saturating(acts, codes, level_set, bits):
 @pytest.mark.parametrize("level_set", SETS)
 def test_pe_product_every_code_and_activation(level_set):
     w = formats.weight_int_values(level_set)
-    kind = {"pot_mnz": 0, "mnz": 1, "pm12": 2, "std": 3}[level_set]
+    kind = {"pot_mnz": POT_MNZ, "mnz": MNZ, "pm12": PM12, "std": STD}[level_set]
+    assert pe_kind(level_set) == pe_kind(get_level_set(level_set)) == (kind, 2)
     for code in range(4):
         for a in range(-8, 8):
             assert pe_product(kind, code, a) == w[code] * a
@@ -144,3 +146,21 @@ def test_bad_inputs():
         matmul(a, c, "lloyd")
     with pytest.raises(QiftError, match="overflow policy"):
         matmul(a, c, overflow="wrap")
+
+
+def test_pe_kinds_of_the_baselines_and_refusals():
+    assert len({POT_MNZ, MNZ, PM12, STD, MULT}) == 5
+    assert [pe_kind(f"int{b}") for b in (3, 4, 8)] == [(MULT, 3), (MULT, 4), (MULT, 8)]
+    for name in ("nf2", "asym", "ratio:0.25"):
+        with pytest.raises(QiftError, match="no integer PE"):
+            pe_kind(name)
+
+
+def test_bitplane_mu_from_the_integer_weights():
+    """weight = sgn * (1 + mu * b0): PoT-MNZ {1, 4} -> 3, MNZ {1, 3} -> 2, pm12 {1, 2} -> 1; std is two's complement."""
+    assert [signmag_mu(n) for n in ("pot_mnz", "mnz", "pm12", "std")] == [3, 2, 1, None]
+    assert [mu_shift_add(m) for m in (1, 2, 3, 4, 5)] == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
+    with pytest.raises(QiftError, match="no shift-add form"):
+        mu_shift_add(6)
+    with pytest.raises(QiftError, match="bit-plane kernel cannot"):
+        signmag_mu("int4")

@@ -51,7 +51,7 @@ def check_linear(name, lin, ql, x):
     q, s_a = formats.quantize_act(xin)
     w_int = torch.round(ls.decode(ql.codes) / formats.weight_unit(ls)).long()
     acc_ref = q.long() @ w_int.T
-    sim = SimLinear.from_codes(ql.codes, ql.params.scale, ls.name, online_hadamard=lin.online_hadamard,
+    sim = SimLinear.from_codes(ql.codes, ql.params.scale, ls, online_hadamard=lin.online_hadamard,
                                bias=lin.bias, hadamard="float")
     q_sim, s_sim = sim.quantize_input(x)
     assert torch.equal(q_sim, q) and torch.equal(s_sim, s_a), name

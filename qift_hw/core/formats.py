@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from qift_hw.core.errors import QiftError
-from qift_hw.core.levels import LevelSet, get_level_set
+from qift_hw.core.levels import LEVEL_SETS, MULTIPLIER_PE, SHIFT_ADD_PES, LevelSet, get_level_set
 
 WEIGHT_CODE_BITS = 2
+CODES_PER_BYTE = 8 // WEIGHT_CODE_BITS
+"""2-bit codes in one byte of packed storage (``levels.pack_codes``)."""
 SIGN_BIT = 1
 MAG_BIT = 0
 
@@ -36,57 +38,56 @@ ACC_BITS = 32
 OVERFLOW_POLICIES = ("saturate", "error")
 SCALE_DTYPE = torch.float32
 
-_INT_WEIGHTS = {
-    # integer weight for codes 0, 1, 2, 3 and the factor that turns it into a level (level = unit * int)
-    "pot_mnz": ((1, 4, -1, -4), 1.0),
-    "mnz": ((1, 3, -1, -3), 0.5),
-    "pm12": ((1, 2, -1, -2), 1.0),
-    "std": ((0, 1, -2, -1), 1.0),
-}
-HW_LEVEL_SETS = tuple(_INT_WEIGHTS)
-"""Level sets the multiplier-free hardware decodes (sign, shift and add only)."""
+HW_LEVEL_SETS = tuple(ls.name for pe in SHIFT_ADD_PES for ls in LEVEL_SETS.values() if ls.pe == pe)
+"""Level sets the multiplier-free hardware decodes (sign, shift and add only), in ``SHIFT_ADD_PES`` order."""
+MULTIPLIER_LEVEL_SETS = tuple(ls.name for ls in LEVEL_SETS.values() if ls.pe == MULTIPLIER_PE)
+"""Integer grids computed by the multiplier baseline PE (int3, int4, int8): the comparison points."""
+
+HW_LEVEL_SET = "pot_mnz"
+"""The level set the accelerator is built for (PoT-MNZ: sign and shift only); the default wherever one is needed."""
 
 
-def _hw_set(level_set: str | LevelSet) -> LevelSet:
+def _int_set(level_set: str | LevelSet) -> LevelSet:
+    """The level set, checked to have integer weights (a hardware decode: shift-add or multiplier PE)."""
     ls = get_level_set(level_set)
-    if ls.name not in _INT_WEIGHTS:
-        raise QiftError(f"level set {ls.name!r} has no integer hardware decode; use one of {', '.join(HW_LEVEL_SETS)}")
+    if ls.pe is None:
+        raise QiftError(f"level set {ls.name!r} has no integer hardware decode; use one of {', '.join(HW_LEVEL_SETS)}, "
+                        f"or {', '.join(MULTIPLIER_LEVEL_SETS)} for the multiplier baselines")
     return ls
 
 
 def weight_int_values(level_set: str | LevelSet) -> np.ndarray:
-    """Integer weight value of each 2-bit code (index = code), e.g. pot_mnz -> [1, 4, -1, -4]."""
-    return np.array(_INT_WEIGHTS[_hw_set(level_set).name][0], dtype=np.int64)
+    """Integer weight value of each code (index = code), e.g. pot_mnz -> [1, 4, -1, -4]."""
+    return _int_set(level_set).int_weights
 
 
 def weight_ints(codes: torch.Tensor, level_set: str | LevelSet) -> torch.Tensor:
-    """Integer weights (int64, same shape) of uint8 2-bit codes: the value each PE adds, before the scale."""
+    """Integer weights (int64, same shape) of uint8 codes: the value each PE adds, before the scale."""
     table = torch.as_tensor(weight_int_values(level_set), device=codes.device)
     return table[codes.long()]
 
 
 def weight_unit(level_set: str | LevelSet) -> float:
     """Factor from integer weight to level (0.5 for MNZ, whose levels are {+-1, +-3} / 2); folded into the scale."""
-    return _INT_WEIGHTS[_hw_set(level_set).name][1]
+    return _int_set(level_set).unit
 
 
-def pot_shift_of_code(code: np.ndarray | int) -> np.ndarray | int:
-    """PoT-MNZ shift amount: bit 0 selects a shift of 2 (x4) instead of 0 (x1)."""
-    return (np.asarray(code) & 1) << 1
+def signed_range(bits: int) -> tuple[int, int]:
+    """Inclusive range of a ``bits``-wide two's complement integer."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
 def acc_range(bits: int = ACC_BITS) -> tuple[int, int]:
     """Inclusive range of a signed ``bits``-wide accumulator."""
     if not 2 <= bits <= 64:
         raise QiftError(f"accumulator width must be 2..64 bits, got {bits}")
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return signed_range(bits)
 
 
-def acc_bits_needed(K: int, level_set: str | LevelSet = "pot_mnz", act_bits: int = ACT_BITS) -> int:
-    """Accumulator width that can never overflow for a K-term dot product of INT activations and these weights."""
-    wmax = int(np.abs(weight_int_values(level_set)).max())
-    worst = K * wmax * 2 ** (act_bits - 1)
-    return int(math.ceil(math.log2(worst + 1))) + 1
+def acc_bits_needed(K: int, level_set: str | LevelSet = HW_LEVEL_SET, act_bits: int = ACT_BITS) -> int:
+    """Accumulator width that can never overflow for a K-term dot product of INT activations and these weights:
+    the sign bit plus the bits of the worst |sum|, K * max_abs_product."""
+    return int(K * max_abs_product(level_set, act_bits)).bit_length() + 1
 
 
 def _amax_scale(amax: torch.Tensor, qmax: int, clip: float) -> torch.Tensor:
@@ -175,7 +176,15 @@ def saturate(acc: np.ndarray | torch.Tensor, bits: int = ACC_BITS, policy: str =
 
 # ---------------------------------------------------------------- PE products and accumulation order
 
-PE_PRODUCT_RANGE = {"pot_mnz": (-32, 32), "mnz": (-24, 24), "pm12": (-16, 16), "std": (-14, 16)}
+def product_range(level_set: str | LevelSet, act_bits: int = ACT_BITS) -> tuple[int, int]:
+    """Exact (min, max) of integer weight x INT``act_bits`` activation; a product is linear in the activation, so
+    its extremes lie at the ends of the activation range."""
+    acts = signed_range(act_bits)
+    prods = [int(w) * a for w in weight_int_values(level_set) for a in acts]
+    return min(prods), max(prods)
+
+
+PE_PRODUCT_RANGE = {name: product_range(name) for name in HW_LEVEL_SETS}
 """Exact range of weight x INT4 activation for each hardware level set (the -8 activation gives the extremes)."""
 
 ACC_ORDER = "k-ascending"
@@ -185,7 +194,8 @@ ACC_ORDER = "k-ascending"
 
 def max_abs_product(level_set: str | LevelSet, act_bits: int = ACT_BITS) -> int:
     """Largest |weight x activation| for this level set and activation width (what one MAC can add)."""
-    return int(np.abs(weight_int_values(level_set)).max()) * 2 ** (act_bits - 1)
+    lo, hi = product_range(level_set, act_bits)
+    return max(-lo, hi)
 
 
 def cannot_overflow(K: int, level_set: str | LevelSet, bits: int = ACC_BITS, act_bits: int = ACT_BITS) -> bool:
@@ -269,7 +279,11 @@ FP32_EXACT_INT = 2**24
 sums stay within it is exact in any summation order (the integer-product mode of the PyTorch path relies on it)."""
 
 
-def exact_float_products(K: int, act_bits: int = ACT_BITS, max_abs_weight: int = 4) -> bool:
+HW_MAX_ABS_WEIGHT = max(int(np.abs(weight_int_values(name)).max()) for name in HW_LEVEL_SETS)
+"""Largest |integer weight| of the hardware level sets (4: PoT-MNZ)."""
+
+
+def exact_float_products(K: int, act_bits: int = ACT_BITS, max_abs_weight: int = HW_MAX_ABS_WEIGHT) -> bool:
     """True when a K-term FP32 dot product of INT``act_bits`` values and integer weights of magnitude
     <= ``max_abs_weight`` is exact: K * 2^(act_bits-1) * max_abs_weight <= 2^24."""
     return K * 2 ** (act_bits - 1) * max_abs_weight <= FP32_EXACT_INT

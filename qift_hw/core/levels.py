@@ -5,6 +5,11 @@ convention, the one the hardware decodes: bit 1 is the sign (1 = negative) and b
 magnitude. For the symmetric sets {-o, -i, +i, +o} that gives 0 -> +i, 1 -> +o, 2 -> -i, 3 -> -o. The integer
 grids (``std`` = {-2, -1, 0, +1}, ``int3``, ``int4``, ``int8``) use two's complement codes, whose top bit is
 again the sign. ``asym`` stores the unsigned index 0..3 and a per-row zero point.
+
+A set the accelerator computes with also carries its hardware view: ``unit`` (level = unit * integer weight; the
+unit is folded into the weight scale, so the datapath sees only integers) and ``pe``, the processing element that
+multiplies its integer weight by an activation (one of ``PE_KINDS``). Every hardware table (the code -> integer
+weight table, product ranges, the model's and the RTL's PE variants) is derived from these two fields.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from qift_hw.core.errors import QiftError
 
 KINDS = ("symmetric", "integer", "asym")
 
+SHIFT_ADD_PES = ("pot_mnz", "mnz", "pm12", "std")
+"""Multiplier-free PE variants, each named for the 2-bit set it decodes with sign, shift and add only."""
+MULTIPLIER_PE = "multiplier"
+"""The baseline PE: a two's complement multiplier, for the integer grids int3/int4/int8."""
+PE_KINDS = (*SHIFT_ADD_PES, MULTIPLIER_PE)
+
 
 @dataclass(frozen=True)
 class LevelSet:
@@ -34,6 +45,25 @@ class LevelSet:
     kind: str
     code_of_level: np.ndarray = field(repr=False)
     description: str = ""
+    unit: float | None = None
+    pe: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pe is not None and (self.pe not in PE_KINDS or self.unit is None):
+            raise QiftError(f"level set {self.name!r}: PE kind {self.pe!r} needs a unit and one of {', '.join(PE_KINDS)}")
+        if self.unit is not None:
+            w = self.level_of_code / self.unit
+            if not np.all(w == np.round(w)):
+                raise QiftError(f"level set {self.name!r}: every code's level must be an integer times unit={self.unit}")
+
+    @property
+    def int_weights(self) -> np.ndarray:
+        """Integer weight of each code (index = code), level / unit: e.g. pot_mnz [1, 4, -1, -4], mnz [1, 3, -1, -3]."""
+        if self.unit is None:
+            choices = ", ".join(name for name, ls in LEVEL_SETS.items() if ls.unit is not None)
+            raise QiftError(f"level set {self.name!r} has no integer weights (its levels are not integers times one "
+                            f"unit); use one of {choices}")
+        return np.round(self.level_of_code / self.unit).astype(np.int64)
 
     @property
     def ratio(self) -> float | None:
@@ -72,18 +102,20 @@ class LevelSet:
         return table.to(codes_t.device)[codes_t]
 
 
-def _integer_set(name: str, bits: int, description: str) -> LevelSet:
+def _integer_set(name: str, bits: int, description: str, pe: str) -> LevelSet:
+    """The two's complement grid [-2^(bits-1), 2^(bits-1) - 1]; its levels are its integer weights (unit 1)."""
     lv = np.arange(-(2 ** (bits - 1)), 2 ** (bits - 1), dtype=np.float64)
     codes = (lv.astype(np.int64) & (2**bits - 1)).astype(np.uint8)
-    return LevelSet(name, lv, bits, "integer", codes, description)
+    return LevelSet(name, lv, bits, "integer", codes, description, unit=1.0, pe=pe)
 
 
-def _symmetric_set(name: str, inner: float, outer: float, description: str) -> LevelSet:
+def _symmetric_set(name: str, inner: float, outer: float, description: str, unit: float | None = None,
+                   pe: str | None = None) -> LevelSet:
     if not 0 < inner < outer:
         raise QiftError(f"level set {name!r}: need 0 < inner < outer, got inner={inner}, outer={outer}")
     lv = np.array([-outer, -inner, inner, outer], dtype=np.float64)
     codes = np.array([3, 2, 0, 1], dtype=np.uint8)
-    return LevelSet(name, lv, 2, "symmetric", codes, description)
+    return LevelSet(name, lv, 2, "symmetric", codes, description, unit, pe)
 
 
 def _gauss_cell_mse(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -156,17 +188,17 @@ def _build_registry() -> dict[str, LevelSet]:
     lloyd = lloyd_max_gaussian(4)
     nf2 = normal_float_levels()
     sets = [
-        _integer_set("std", 2, "standard W2 integer grid {-2,-1,0,+1}"),
+        _integer_set("std", 2, "standard W2 integer grid {-2,-1,0,+1}", "std"),
         LevelSet("asym", np.arange(4, dtype=np.float64), 2, "asym", np.arange(4, dtype=np.uint8),
                  "4 uniform levels between per-channel min and max, with a zero point"),
-        _symmetric_set("pm12", 1.0, 2.0, "{+-1, +-2}, ratio 0.5"),
-        _symmetric_set("mnz", 0.5, 1.5, "MNZ {+-0.5, +-1.5} (= {+-1, +-3} at half scale)"),
-        _symmetric_set("pot_mnz", 1.0, 4.0, "power-of-two MNZ {+-1, +-4}: sign and shift"),
+        _symmetric_set("pm12", 1.0, 2.0, "{+-1, +-2}, ratio 0.5", unit=1.0, pe="pm12"),
+        _symmetric_set("mnz", 0.5, 1.5, "MNZ {+-0.5, +-1.5} (= {+-1, +-3} at half scale)", unit=0.5, pe="mnz"),
+        _symmetric_set("pot_mnz", 1.0, 4.0, "power-of-two MNZ {+-1, +-4}: sign and shift", unit=1.0, pe="pot_mnz"),
         _symmetric_set("lloyd", float(lloyd[2]), float(lloyd[3]), "Lloyd-Max for a Gaussian (computed)"),
         _symmetric_set("nf2", float(nf2[2]), float(nf2[3]), "NormalFloat 2-bit, symmetric form"),
-        _integer_set("int3", 3, "3-bit integer grid [-4, 3]"),
-        _integer_set("int4", 4, "4-bit integer grid [-8, 7]"),
-        _integer_set("int8", 8, "8-bit integer grid [-128, 127]"),
+        _integer_set("int3", 3, "3-bit integer grid [-4, 3]", MULTIPLIER_PE),
+        _integer_set("int4", 4, "4-bit integer grid [-8, 7]", MULTIPLIER_PE),
+        _integer_set("int8", 8, "8-bit integer grid [-128, 127]", MULTIPLIER_PE),
     ]
     return {s.name: s for s in sets}
 

@@ -9,7 +9,7 @@ The accumulator saturates and raises a sticky ``ovf`` flag, the formats' ``satur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from amaranth import Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.hdl import Value
@@ -18,47 +18,48 @@ from amaranth.lib.wiring import In, Out
 
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import MULTIPLIER_PE, LevelSet, get_level_set
 
-MULTIPLIER_KINDS = {"int4": 4, "int8": 8}
-"""Baseline multiplier PEs: activation and weight width in bits (both signed two's complement)."""
+MULTIPLIER_KINDS = ("int4", "int8")
+"""Multiplier baselines built in RTL: level sets with the multiplier PE, INT-b weight x INT-b activation (b = the
+set's bits, both signed two's complement)."""
 
-PE_KINDS = tuple(formats.HW_LEVEL_SETS) + tuple(MULTIPLIER_KINDS)
+PE_KINDS = formats.HW_LEVEL_SETS + MULTIPLIER_KINDS
 
 
 @dataclass(frozen=True)
 class PEFormat:
-    """Port widths and product range of one PE variant."""
+    """Port widths and product range of one PE variant, and the level set it computes."""
 
     kind: str
     act_bits: int
     w_shape: Shape
     prod_min: int
     prod_max: int
+    level_set: LevelSet = field(repr=False, compare=False)
 
     @property
     def multiplier_free(self) -> bool:
         """True for the sign/shift/add variants (a 2-bit code), False for the multiplier baselines."""
-        return self.kind not in MULTIPLIER_KINDS
+        return self.level_set.pe != MULTIPLIER_PE
 
     def weight_values(self) -> list[int]:
         """Integer weight for each value of the ``w`` port (index = unsigned port value)."""
-        if self.multiplier_free:
-            return [int(v) for v in formats.weight_int_values(self.kind)]
-        bits = self.w_shape.width
-        return [v - (1 << bits) if v >> (bits - 1) else v for v in range(1 << bits)]
+        return [int(v) for v in self.level_set.int_weights]
 
 
-def pe_format(kind: str) -> PEFormat:
-    """Widths and product range of PE variant ``kind`` (one of ``PE_KINDS``)."""
-    if kind in MULTIPLIER_KINDS:
-        b = MULTIPLIER_KINDS[kind]
-        lo = -(1 << (b - 1))
-        return PEFormat(kind, b, signed(b), lo * ((1 << (b - 1)) - 1), lo * lo)
-    if kind not in formats.HW_LEVEL_SETS:
-        raise QiftError(f"unknown PE kind {kind!r}; use one of {', '.join(PE_KINDS)}")
-    ws = [int(v) for v in formats.weight_int_values(kind)]
-    prods = [w * a for w in ws for a in (formats.ACT_QMIN, formats.ACT_QMAX)]
-    return PEFormat(kind, formats.ACT_BITS, unsigned(formats.WEIGHT_CODE_BITS), min(prods), max(prods))
+def pe_format(kind: str | LevelSet) -> PEFormat:
+    """Widths and product range of PE variant ``kind`` (one of ``PE_KINDS``, by name or as its level set)."""
+    name = kind.name if isinstance(kind, LevelSet) else kind
+    if name not in PE_KINDS:
+        raise QiftError(f"unknown PE kind {name!r}; use one of {', '.join(PE_KINDS)}")
+    ls = get_level_set(name)
+    if ls.pe == MULTIPLIER_PE:
+        act_bits, w_shape = ls.bits, signed(ls.bits)
+    else:
+        act_bits, w_shape = formats.ACT_BITS, unsigned(ls.bits)
+    lo, hi = formats.product_range(ls, act_bits)
+    return PEFormat(name, act_bits, w_shape, lo, hi, ls)
 
 
 def _shift_add(a: Value, magnitude: int) -> Value:

@@ -15,7 +15,7 @@ import numpy as np
 
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
-from qift_hw.core.levels import LevelSet
+from qift_hw.core.levels import LevelSet, get_level_set
 from qift_hw.sim.pe import pe_kind, pe_product
 
 DATAFLOWS = ("ws", "os")
@@ -30,13 +30,14 @@ def _check_dims(R: int, C: int) -> None:
 class _Array:
     R: int
     C: int
-    level_set: str | LevelSet = "pot_mnz"
+    level_set: str | LevelSet = formats.HW_LEVEL_SET
     acc_bits: int = formats.ACC_BITS
     kind: int = field(init=False)
     code_bits: int = field(init=False)
 
     def __post_init__(self) -> None:
         _check_dims(self.R, self.C)
+        self.level_set = get_level_set(self.level_set)
         self.kind, self.code_bits = pe_kind(self.level_set)
         self.lo, self.hi = formats.acc_range(self.acc_bits)
         self.reset()
@@ -151,7 +152,7 @@ def ws_pass(arr: WSArray, acts: np.ndarray, codes: np.ndarray, p_in: np.ndarray 
     plan = _stall_plan(stalls, T)
     for t in range(T):
         for _ in range(plan[t]):
-            junk = (bool(rng.integers(2)), rng.integers(0, 2**arr.code_bits, C), rng.integers(-8, 8, R),
+            junk = (bool(rng.integers(2)), rng.integers(0, 2**arr.code_bits, C), rng.integers(formats.ACT_QMIN, formats.ACT_QMAX + 1, R),
                     rng.integers(-100, 100, C), rng.integers(0, 2, C).astype(bool), rng.integers(0, 2, C).astype(bool))
             _record(trace, arr.outputs(), False, *junk)
             arr.step(*junk, en=False)
@@ -217,7 +218,7 @@ def os_pass(arr: OSArray, acts: np.ndarray, codes: np.ndarray, stalls: dict[int,
     plan = _stall_plan(stalls, T)
     for t in range(T):
         for _ in range(plan[t]):
-            junk = (bool(rng.integers(2)), rng.integers(-8, 8, R), rng.integers(0, 2**arr.code_bits, C))
+            junk = (bool(rng.integers(2)), rng.integers(formats.ACT_QMIN, formats.ACT_QMAX + 1, R), rng.integers(0, 2**arr.code_bits, C))
             _record(trace, {**arr.outputs(), "out_valid": np.zeros(C, dtype=bool)}, False, *junk)
             arr.step(*junk, en=False)
         drain = t >= t_drain
@@ -250,8 +251,8 @@ def _pad(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return out
 
 
-def ws_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = "pot_mnz", acc_bits: int = formats.ACC_BITS,
-            m_tile: int | None = None, stalls_per_pass: dict[int, int] | None = None):
+def ws_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = formats.HW_LEVEL_SET,
+            acc_bits: int = formats.ACC_BITS, m_tile: int | None = None, stalls_per_pass: dict[int, int] | None = None):
     """acts [M, K] x codes [N, K] on a WS array, pass by pass. Returns (acc [M, N], ovf [M, N], cycles).
 
     Loops: M in chunks of ``m_tile`` rows (output-buffer depth; all of M if None), N-tiles of C, K-tiles of R;
@@ -279,8 +280,8 @@ def ws_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = "pot_mnz", 
     return acc, ovf, cycles
 
 
-def os_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = "pot_mnz", acc_bits: int = formats.ACC_BITS,
-            stalls_per_pass: dict[int, int] | None = None):
+def os_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = formats.HW_LEVEL_SET,
+            acc_bits: int = formats.ACC_BITS, stalls_per_pass: dict[int, int] | None = None):
     """acts [M, K] x codes [N, K] on an OS array: M-tiles of R rows, N-tiles of C columns, all of K streamed.
     Returns (acc [M, N], ovf [M, N], cycles)."""
     acts, codes = np.asarray(acts, dtype=np.int64), np.asarray(codes, dtype=np.int64)
@@ -299,7 +300,7 @@ def os_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = "pot_mnz", 
     return acc, ovf, cycles
 
 
-def array_gemm(acts, codes, R: int, C: int, dataflow: str = "ws", level_set: str | LevelSet = "pot_mnz",
+def array_gemm(acts, codes, R: int, C: int, dataflow: str = "ws", level_set: str | LevelSet = formats.HW_LEVEL_SET,
                acc_bits: int = formats.ACC_BITS, m_tile: int | None = None):
     """The GEMM through the cycle-stepped array of the given dataflow: (acc, ovf, cycles)."""
     if dataflow == "ws":

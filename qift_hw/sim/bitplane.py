@@ -4,8 +4,8 @@ Activations (INT4, two's complement) are stored as 4 bit planes of 64 k's per wo
 Weight codes are stored as their bit planes B0 (bit 0) and B1 (bit 1), word-major ([W, plane, N]) so that one
 activation word meets the words of many output channels in one vector operation.
 
-Sign-and-magnitude sets (PoT-MNZ, MNZ, pm12), weight = sgn * (1 + mu * b0) with mu = 3, 2, 1: the sign is a
-conditional inversion, sgn * a = (a ^ s) - s with s = -b1, so with X_j = A_j ^ B1
+Sign-and-magnitude sets (PoT-MNZ, MNZ, pm12), weight = sgn * (1 + mu * b0) with mu = 3, 2, 1 (``signmag_mu``,
+from the set's integer weights): the sign is a conditional inversion, sgn * a = (a ^ s) - s with s = -b1, so with X_j = A_j ^ B1
 
     sum_k w_k a_k = sum_j e_j (popcount(X_j) + mu * popcount(X_j & B0)) + popcount(B1) + mu * popcount(B1 & B0)
 
@@ -23,12 +23,50 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from qift_hw.core import formats
+from qift_hw.core.errors import QiftError
+from qift_hw.core.levels import LevelSet, get_level_set
 from qift_hw.sim._numba import popcount64
 
 WORD = 64
-SIGNMAG_MU = {"pot_mnz": 3, "mnz": 2, "pm12": 1}
-_MU_SHIFT_ADD = {3: (1, 1), 2: (1, 0), 1: (0, 0)}
-"""mu as a shift and an optional add of the unshifted value: 3 = (1 << 1) + 1, 2 = 1 << 1, 1 = 1 << 0."""
+"""Codes (and activations) per uint64 plane word."""
+BYTES_PER_WORD = WORD // formats.CODES_PER_BYTE
+"""Bytes of packed 2-bit codes that fill one plane word."""
+ACT_PLANES = formats.ACT_BITS
+"""Bit planes of an activation; the kernels below are written out for INT4 (plane weights 1, 2, 4, -8)."""
+ACT_MASK = (1 << ACT_PLANES) - 1
+SIGNMAG, TWOS_COMPLEMENT = 0, 1
+"""The kernel's two weight decodes (its ``mode``): sign-and-magnitude, and 2-bit two's complement (``std``)."""
+PARALLEL_MIN_CODES = 1 << 22
+"""Below this many codes one thread lays out the weight planes faster than a parallel launch."""
+
+if ACT_PLANES != 4:
+    raise QiftError(f"the bit-plane kernels are written for INT4 activations, formats.ACT_BITS is {ACT_PLANES}")
+
+
+def signmag_mu(level_set: str | LevelSet) -> int | None:
+    """mu of a sign-and-magnitude set, whose integer weights are sgn * (1 + mu * b0) (pot_mnz 3, mnz 2, pm12 1);
+    None for a two's complement set (``std``)."""
+    ls = get_level_set(level_set)
+    w = formats.weight_int_values(ls)
+    if ls.kind == "integer" and ls.bits == formats.WEIGHT_CODE_BITS:
+        return None
+    sign = 1 << formats.SIGN_BIT
+    mag = 1 << formats.MAG_BIT
+    if ls.bits != formats.WEIGHT_CODE_BITS or w[0] != 1 or w[sign] != -1 or w[sign | mag] != -w[mag]:
+        raise QiftError(f"level set {ls.name!r} is neither sign-and-magnitude with weights +-1, +-(1 + mu) nor 2-bit "
+                        "two's complement; the bit-plane kernel cannot compute it (use kernel='pe')")
+    return int(w[mag] - w[0])
+
+
+def mu_shift_add(mu: int) -> tuple[int, int]:
+    """mu as a shift and an optional add of the unshifted value: (sh, add) with mu = (1 << sh) + add, add 0 or 1
+    (3 = (1 << 1) + 1, 2 = 1 << 1, 1 = 1 << 0)."""
+    add = mu & 1 if mu > 1 else 0
+    sh = (mu - add).bit_length() - 1
+    if mu < 1 or (1 << sh) + add != mu:
+        raise QiftError(f"mu = {mu} is not a power of two or a power of two plus one; no shift-add form")
+    return sh, add
 
 
 @dataclass(frozen=True)
@@ -37,7 +75,8 @@ class WeightPlanes:
 
     planes: np.ndarray  # uint64 [W, 2, N]: bit 0 and bit 1 of 64 codes per word
     corr: np.ndarray  # int64 [N]: the weight-only term of the sign-and-magnitude identity (0 for std)
-    level_set: str
+    level_set: LevelSet
+    mu: tuple[int, int] | None  # mu_shift_add of a sign-and-magnitude set; None for two's complement (std)
     K: int
     N: int
 
@@ -45,12 +84,12 @@ class WeightPlanes:
 @njit(cache=True)
 def _act_planes(acts: np.ndarray, W: int) -> np.ndarray:
     M, K = acts.shape
-    out = np.zeros((M, 4, W), dtype=np.uint64)
+    out = np.zeros((M, ACT_PLANES, W), dtype=np.uint64)
     for m in range(M):
         for k in range(K):
-            u = np.uint64(acts[m, k] & 15)
+            u = np.uint64(acts[m, k] & ACT_MASK)
             w, i = k // WORD, np.uint64(k % WORD)
-            for j in range(4):
+            for j in range(ACT_PLANES):
                 out[m, j, w] |= ((u >> np.uint64(j)) & np.uint64(1)) << i
     return out
 
@@ -139,29 +178,34 @@ def act_planes(acts: np.ndarray) -> np.ndarray:
     return _act_planes(acts, -(-acts.shape[1] // WORD))
 
 
-def weight_planes(codes: np.ndarray, level_set: str, K: int | None = None, packed: bool = False) -> WeightPlanes:
+def weight_planes(codes: np.ndarray, level_set: str | LevelSet, K: int | None = None, packed: bool = False
+                  ) -> WeightPlanes:
     """Lay out 2-bit codes (uint8 [N, K] one per byte, or packed [N, ceil(K/4)] with ``packed``) for the kernel."""
+    ls = get_level_set(level_set)
+    mu = signmag_mu(ls)
+    per = formats.CODES_PER_BYTE
     if packed:
         N, nbytes = codes.shape
-        K = nbytes * 4 if K is None else K
+        K = nbytes * per if K is None else K
         W = -(-K // WORD)
-        buf = np.zeros((N, W * 16), dtype=np.uint8)
-        buf[:, : min(nbytes, W * 16)] = codes[:, : W * 16]
-        rem = K % 4
+        buf = np.zeros((N, W * BYTES_PER_WORD), dtype=np.uint8)
+        buf[:, : min(nbytes, W * BYTES_PER_WORD)] = codes[:, : W * BYTES_PER_WORD]
+        rem = K % per
         if rem:  # clear the unused codes of the last byte so they act as weight code 0 next to zero activations
-            buf[:, K // 4] &= np.uint8((1 << (2 * rem)) - 1)
-        buf[:, -(-K // 4):] = 0
+            buf[:, K // per] &= np.uint8((1 << (formats.WEIGHT_CODE_BITS * rem)) - 1)
+        buf[:, -(-K // per):] = 0
         planes = _packed_planes(buf.view(np.uint64).reshape(N, 2 * W), W)
     else:
         N, K = codes.shape
         W = -(-K // WORD)
         buf = np.zeros((N, W * WORD), dtype=np.uint8)
         buf[:, :K] = codes
-        fn = _code_planes_parallel if N * K >= 1 << 22 and numba.get_num_threads() > 1 else _code_planes_serial
+        fn = _code_planes_parallel if N * K >= PARALLEL_MIN_CODES and numba.get_num_threads() > 1 else \
+            _code_planes_serial
         planes = np.ascontiguousarray(fn(buf.view(np.uint64), W).transpose(2, 0, 1))
-    mu = SIGNMAG_MU.get(level_set)
-    corr = _corr(planes, *_MU_SHIFT_ADD[mu]) if mu else np.zeros(N, dtype=np.int64)
-    return WeightPlanes(planes, corr, level_set, int(K), int(N))
+    shift_add = None if mu is None else mu_shift_add(mu)
+    corr = np.zeros(N, dtype=np.int64) if shift_add is None else _corr(planes, *shift_add)
+    return WeightPlanes(planes, corr, ls, shift_add, int(K), int(N))
 
 
 @njit(inline="never", cache=True)
@@ -192,7 +236,7 @@ def _gemm_row(ap, planes, corr, mode, mu_sh, mu_self, out_row):
     W, _, N = planes.shape
     acc = np.zeros(N, dtype=np.int64)
     for w in range(W):
-        if mode == 0:
+        if mode == SIGNMAG:
             _signmag_block(acc, ap[0, w], ap[1, w], ap[2, w], ap[3, w], planes[w, 0], planes[w, 1], mu_sh, mu_self)
         else:
             _std_block(acc, ap[0, w], ap[1, w], ap[2, w], ap[3, w], planes[w, 0], planes[w, 1])
@@ -225,7 +269,7 @@ def gemm(acts: np.ndarray, wp: WeightPlanes) -> np.ndarray:
     if M == 0 or wp.N == 0:
         return out
     ap = act_planes(np.ascontiguousarray(acts))
-    mode, (mu_sh, mu_self) = (1, (0, 0)) if wp.level_set == "std" else (0, _MU_SHIFT_ADD[SIGNMAG_MU[wp.level_set]])
+    mode, (mu_sh, mu_self) = (TWOS_COMPLEMENT, (0, 0)) if wp.mu is None else (SIGNMAG, wp.mu)
     big = M >= 2 and M * K * wp.N >= PARALLEL_MIN_MACS and numba.get_num_threads() > 1
     (_gemm_parallel if big else _gemm_serial)(ap, wp.planes, wp.corr, mode, mu_sh, mu_self, out)
     return out

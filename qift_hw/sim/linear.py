@@ -18,6 +18,7 @@ import torch
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.core.hadamard import hadamard_transform
+from qift_hw.core.levels import LevelSet
 from qift_hw.sim.hadamard_unit import hadamard_quantize
 from qift_hw.sim.matmul import PreparedWeights, matmul, prepare_weights
 
@@ -39,7 +40,7 @@ class SimLinear:
     hadamard: str = "unit"
 
     @classmethod
-    def from_codes(cls, codes: torch.Tensor, w_scale: torch.Tensor, level_set: str, **kw) -> SimLinear:
+    def from_codes(cls, codes: torch.Tensor, w_scale: torch.Tensor, level_set: str | LevelSet, **kw) -> SimLinear:
         """Build from uint8 codes [N, K] and per-row scales ([N] or [N, 1])."""
         pw = prepare_weights(codes, level_set)
         scale = torch.as_tensor(w_scale).reshape(-1).to(formats.SCALE_DTYPE)

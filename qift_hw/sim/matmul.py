@@ -45,21 +45,25 @@ def _pe_gemm(acts, codes, kind, code_bits, lo, hi, out, ovf):
 class PreparedWeights:
     """Codes of one weight matrix, validated once and laid out for the kernels (reuse it across calls)."""
 
-    def __init__(self, codes, level_set: str | LevelSet = "pot_mnz", packed: bool = False, K: int | None = None):
+    def __init__(self, codes, level_set: str | LevelSet = formats.HW_LEVEL_SET, packed: bool = False,
+                 K: int | None = None):
         ls = get_level_set(level_set)
-        self.level_set = ls.name
+        self.level_set = ls
         self.kind, self.code_bits = pe_kind(ls)
         c = _as_numpy(codes, "codes")
         if c.ndim != 2:
-            raise QiftError(f"codes must be 2-D [N, K] (or packed [N, ceil(K/4)]), got shape {c.shape}")
+            raise QiftError(f"codes must be 2-D [N, K] (or packed [N, ceil(K/{formats.CODES_PER_BYTE})]), got shape "
+                            f"{c.shape}")
         if c.dtype != np.uint8:
             raise QiftError(f"codes must be uint8, got {c.dtype}")
         if packed:
-            if self.code_bits != 2:
-                raise QiftError(f"packed codes are 2-bit; level set {ls.name!r} has {self.code_bits}-bit codes")
-            K = c.shape[1] * 4 if K is None else int(K)
-            if not 0 <= K <= c.shape[1] * 4:
-                raise QiftError(f"packed rows hold {c.shape[1] * 4} codes, K={K} does not fit")
+            if self.code_bits != formats.WEIGHT_CODE_BITS:
+                raise QiftError(f"packed codes are {formats.WEIGHT_CODE_BITS}-bit; level set {ls.name!r} has "
+                                f"{self.code_bits}-bit codes")
+            held = c.shape[1] * formats.CODES_PER_BYTE
+            K = held if K is None else int(K)
+            if not 0 <= K <= held:
+                raise QiftError(f"packed rows hold {held} codes, K={K} does not fit")
             self._packed = np.ascontiguousarray(c)
             self._codes = None
         else:
@@ -72,8 +76,6 @@ class PreparedWeights:
             self._packed = None
             self._codes = np.ascontiguousarray(c)
         self.N, self.K = int(c.shape[0]), int(K)
-        self.max_product = max(abs(int(pe_product_nb.py_func(self.kind, code, -8, self.code_bits)))
-                               for code in range(2**self.code_bits))
         self._planes: bitplane.WeightPlanes | None = None
 
     @property
@@ -82,14 +84,14 @@ class PreparedWeights:
         if self._codes is None:
             import torch
 
-            self._codes = unpack_codes(torch.from_numpy(self._packed), self.K).numpy()
+            self._codes = unpack_codes(torch.from_numpy(self._packed), self.K, formats.WEIGHT_CODE_BITS).numpy()
         return self._codes
 
     @property
     def planes(self) -> bitplane.WeightPlanes:
         """Bit-plane layout for the fast kernel (built on first use)."""
         if self.kind == MULT:
-            raise QiftError(f"the bit-plane kernel covers the 2-bit sets only, not {self.level_set!r}")
+            raise QiftError(f"the bit-plane kernel covers the 2-bit sets only, not {self.level_set.name!r}")
         if self._planes is None:
             if self._packed is not None:
                 self._planes = bitplane.weight_planes(self._packed, self.level_set, self.K, packed=True)
@@ -98,7 +100,7 @@ class PreparedWeights:
         return self._planes
 
 
-def prepare_weights(codes, level_set: str | LevelSet = "pot_mnz", packed: bool = False,
+def prepare_weights(codes, level_set: str | LevelSet = formats.HW_LEVEL_SET, packed: bool = False,
                     K: int | None = None) -> PreparedWeights:
     """Validate and lay out a weight matrix once (``matmul`` accepts the result in place of the codes)."""
     pw = PreparedWeights(codes, level_set, packed, K)
@@ -120,10 +122,6 @@ def _as_numpy(x, what: str) -> np.ndarray:
     raise QiftError(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
-def _bits_needed(K: int, max_prod: int) -> int:
-    return int(K * max_prod).bit_length() + 1
-
-
 def check_acts(acts, act_bits: int = formats.ACT_BITS) -> np.ndarray:
     """Validate INT4 activations: integer 2-D [M, K] within [-8, 7]; returns int8, C-contiguous."""
     a = _as_numpy(acts, "acts")
@@ -131,13 +129,13 @@ def check_acts(acts, act_bits: int = formats.ACT_BITS) -> np.ndarray:
         raise QiftError(f"acts must be 2-D [M, K], got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.integer):
         raise QiftError(f"acts must be an integer array (INT4 values in int8), got {a.dtype}")
-    lo, hi = -(2 ** (act_bits - 1)), 2 ** (act_bits - 1) - 1
+    lo, hi = formats.signed_range(act_bits)
     if a.size and (int(a.min()) < lo or int(a.max()) > hi):
         raise QiftError(f"acts must lie in [{lo}, {hi}] (INT{act_bits}), got [{int(a.min())}, {int(a.max())}]")
     return np.ascontiguousarray(a, dtype=np.int8)
 
 
-def matmul(acts, codes, level_set: str | LevelSet = "pot_mnz", acc_bits: int = formats.ACC_BITS,
+def matmul(acts, codes, level_set: str | LevelSet = formats.HW_LEVEL_SET, acc_bits: int = formats.ACC_BITS,
            overflow: str = "saturate", *, packed: bool = False, K: int | None = None,
            return_overflow: bool = False, kernel: str = "auto"):
     """Integer accumulators acts @ W^T, int64 [M, N], as the hardware computes them.
@@ -154,20 +152,20 @@ def matmul(acts, codes, level_set: str | LevelSet = "pot_mnz", acc_bits: int = f
     if kernel not in KERNELS:
         raise QiftError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
     lo, hi = formats.acc_range(acc_bits)
-    pw = codes if isinstance(codes, PreparedWeights) else PreparedWeights(codes, level_set, packed, K)
-    if isinstance(codes, PreparedWeights) and get_level_set(level_set).name != pw.level_set:
-        raise QiftError(f"prepared weights are {pw.level_set!r} but level_set={get_level_set(level_set).name!r}")
+    ls = get_level_set(level_set)
+    pw = codes if isinstance(codes, PreparedWeights) else PreparedWeights(codes, ls, packed, K)
+    if pw.level_set.name != ls.name:
+        raise QiftError(f"prepared weights are {pw.level_set.name!r} but level_set={ls.name!r}")
     a = check_acts(acts)
     if a.shape[1] != pw.K:
         raise QiftError(f"acts have K={a.shape[1]} columns but the weights have K={pw.K}")
     M, N = a.shape[0], pw.N
-    max_prod = pw.max_product
-    safe = pw.K * max_prod <= hi
+    safe = formats.cannot_overflow(pw.K, pw.level_set, acc_bits)
     use_bitplane = kernel == "bitplane" or (kernel == "auto" and safe and pw.kind != MULT)
     if use_bitplane:
         if not safe:
             raise QiftError(f"kernel='bitplane' needs an accumulator that cannot overflow (K={pw.K} needs "
-                            f"{_bits_needed(pw.K, max_prod)} bits, got {acc_bits}); use kernel='pe'")
+                            f"{formats.acc_bits_needed(pw.K, pw.level_set)} bits, got {acc_bits}); use kernel='pe'")
         out = bitplane.gemm(a, pw.planes)
         ovf = np.zeros((M, N), dtype=bool)
     else:
@@ -178,7 +176,7 @@ def matmul(acts, codes, level_set: str | LevelSet = "pot_mnz", acc_bits: int = f
     n_ovf = int(ovf.sum())
     if n_ovf and overflow == "error":
         raise QiftError(f"{n_ovf} of {M * N} accumulators overflow {acc_bits} bits; use a wider accumulator "
-                        f"(K={pw.K} needs {_bits_needed(pw.K, max_prod)} bits to be safe)")
+                        f"(K={pw.K} needs {formats.acc_bits_needed(pw.K, pw.level_set)} bits to be safe)")
     if return_overflow:
         return out, ovf
     if n_ovf:

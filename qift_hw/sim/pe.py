@@ -11,26 +11,26 @@ from numba import njit
 
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
-from qift_hw.core.levels import LevelSet, get_level_set
+from qift_hw.core.levels import MULTIPLIER_PE, PE_KINDS, LevelSet, get_level_set
 
-POT_MNZ, MNZ, PM12, STD, MULT = 0, 1, 2, 3, 4
-_KIND_OF_SET = {"pot_mnz": POT_MNZ, "mnz": MNZ, "pm12": PM12, "std": STD}
+KIND_IDS = {kind: i for i, kind in enumerate(PE_KINDS)}
+"""Integer id of each PE kind (``levels.PE_KINDS``), the form a Numba kernel branches on."""
+POT_MNZ, MNZ, PM12, STD, MULT = (KIND_IDS[k] for k in ("pot_mnz", "mnz", "pm12", "std", MULTIPLIER_PE))
 
 
 def pe_kind(level_set: str | LevelSet) -> tuple[int, int]:
-    """(PE kind, weight code bits) for a level set: the shift-add kinds, or MULT for int3/int4/int8 baselines."""
+    """(PE kind id, weight code bits) of a level set's PE: a shift-add variant, or MULT for int3/int4/int8."""
     ls = get_level_set(level_set)
-    if ls.name in _KIND_OF_SET:
-        return _KIND_OF_SET[ls.name], formats.WEIGHT_CODE_BITS
-    if ls.kind == "integer" and ls.bits <= 8:
-        return MULT, ls.bits
-    raise QiftError(
-        f"level set {ls.name!r} has no integer PE (its levels are not integers times one scale); "
-        f"use one of {', '.join(formats.HW_LEVEL_SETS)}, or int3/int4/int8 for the multiplier baselines"
-    )
+    if ls.pe is None:
+        raise QiftError(
+            f"level set {ls.name!r} has no integer PE (its levels are not integers times one scale); "
+            f"use one of {', '.join(formats.HW_LEVEL_SETS)}, or {', '.join(formats.MULTIPLIER_LEVEL_SETS)} for the "
+            "multiplier baselines"
+        )
+    return KIND_IDS[ls.pe], ls.bits
 
 
-def pe_product(kind, code, a, code_bits=2):
+def pe_product(kind, code, a, code_bits=formats.WEIGHT_CODE_BITS):
     """Integer weight(code) x activation a, as the PE computes it (works on ints and integer arrays).
 
     PoT-MNZ: a << (2 * bit0); MNZ: a + ((a << 1) if bit0); pm12: a << bit0; std: 0 for code 0, a << 1 for
