@@ -76,14 +76,14 @@ def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path):
     for args in (["rtl", "verify", "--sim", "modelsim"], ["rtl", "generate", "--top", "cpu"],
-                 ["rtl", "generate", "--size", "3by3", "--out", str(tmp_path)]):
+                 ["rtl", "generate", "--array", "3by3", "--out", str(tmp_path)]):
         code, _, err = _cli(monkeypatch, capsys, *args)
         assert code == 2, err
         assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
 def test_cli_generate_writes_and_lints(monkeypatch, capsys, tmp_path):
-    code, out, err = _cli(monkeypatch, capsys, "rtl", "generate", "--size", "2x3", "--had-n", "16",
+    code, out, err = _cli(monkeypatch, capsys, "rtl", "generate", "--array", "2x3", "--had-n", "16",
                           "--out", str(tmp_path))
     assert code == 0, out + err
     names = sorted(p.name for p in tmp_path.glob("*.v"))

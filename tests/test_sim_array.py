@@ -113,9 +113,9 @@ def test_trace_cli(tmp_path):
 
     from qift_hw.cli.app import app
 
-    out = tmp_path / "t.npz"
-    res = CliRunner().invoke(app, ["sim", "trace", "--dataflow", "ws", "--array", "3x2", "--m", "4", "--out", str(out)])
+    res = CliRunner().invoke(app, ["sim", "trace", "--dataflow", "ws", "--array", "3x2", "--m", "4",
+                                   "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    d = np.load(out)
+    d = np.load(tmp_path / "trace.npz")
     assert np.array_equal(d["results"], ref(d["acts"], d["codes"], "pot_mnz"))
     assert d["p_out"].shape == (2 * 3 + 4 + 2 - 1, 2) and d["en"].all()
