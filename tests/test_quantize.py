@@ -6,11 +6,14 @@ quantized model with plain PyTorch pre-hooks, rebuilds every linear's Hessian fr
 alone with `gptq_quantize`, and requires the same codes.
 """
 
+import json
+
 import pytest
 import torch
 
 import qift_hw.algo.layer as layer_module
 from qift_hw.algo.capture import capture_layer_inputs, layer_forward
+from qift_hw.algo.checkpoint import quantized_weights
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.gptq import gptq_quantize, rtn_quantize
 from qift_hw.algo.layer import layer_linears, quantize_layer
@@ -73,6 +76,16 @@ def test_w2_spec_out_of_range():
         select_w2_layers("sensitivity:2", 6)
 
 
+def test_config_reads_the_old_seed_key_and_resolves_the_level_set():
+    cfg = QuantConfig.from_dict({"seed": 3, "levels": "MNZ", "not_a_field": 1})
+    assert cfg.calib_seed == 3
+    assert cfg.level_set is LEVEL_SETS["mnz"] and cfg.validate() is LEVEL_SETS["mnz"]
+    assert QuantConfig.from_dict({"seed": 3, "calib_seed": 5}).calib_seed == 5
+    assert QuantConfig(other_bits=16).other_level_set is None
+    assert QuantConfig(other_bits=3).other_level_set is LEVEL_SETS["int3"]
+    assert QuantConfig(levels="ratio:0.25").level_set.levels.tolist() == [-1.0, -0.25, 0.25, 1.0]
+
+
 def test_bad_config():
     for kw in ({"levels": "int4"}, {"levels": "nope"}, {"method": "awq"}, {"other_bits": 5}, {"calib_windows": 0}):
         with pytest.raises(QiftError):
@@ -115,6 +128,24 @@ def test_sequential_gptq_matches_per_linear_reference(rotate, a_bits, kv_bits, l
         assert mismatch == 0.0, (name, mismatch)
         torch.testing.assert_close(ref.params.scale, ql.params.scale)
         assert torch.equal(lin.effective_weight(), ql.dequantized().to(lin.weight.dtype))
+
+
+def test_one_pass_gptq_matches_per_linear_reference():
+    # one pass: every linear of layer i is calibrated on the model with layers < i quantized and layer i float
+    calib = windows(6, 32, seed=1)
+    model = tiny_llama(seed=3, layers=2, biases=True)
+    cfg = small_cfg(levels="pot_mnz", true_sequential=False, rotate=True, a_bits=4, kv_bits=4)
+    qm = quantize_model(model, None, cfg, calib=calib, progress=False)
+    for layer in model.model.layers:
+        done = {lin.name: lin.qweight for lin in layer_linears(layer)}
+        for lin in layer_linears(layer):
+            lin.set_qweight(None)
+        H = _hessians_from_finished_model(model, calib)
+        for lin in layer_linears(layer):
+            ref = gptq_quantize(lin.weight.detach(), H[lin.name], LEVEL_SETS["pot_mnz"], blocksize=16,
+                                scale_method="maxabs", compute_dtype=torch.float64)
+            assert torch.equal(ref.codes, qm.weights[lin.name].codes), lin.name
+            lin.set_qweight(done[lin.name])
 
 
 def test_rtn_pipeline_equals_rtn_of_rotated_weights():
@@ -187,6 +218,33 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     with pytest.raises(QiftError, match="different configuration"):
         quantize_model(tiny_llama(seed=9, layers=3), None, small_cfg(levels="mnz"), calib=calib, run_dir=tmp_path,
                        progress=False)
+
+
+def test_run_folder_layers_are_stored_like_an_exported_checkpoint(tmp_path):
+    from safetensors import safe_open
+
+    cfg = small_cfg(method="rtn", w2_layers="1", other_bits=3)
+    qm = quantize_model(tiny_llama(seed=9, layers=2), None, cfg, run_dir=tmp_path, progress=False)
+    for index in (0, 1):
+        path = tmp_path / f"layer_{index:03d}.safetensors"
+        stored = quantized_weights(path)
+        assert sorted(stored) == sorted(n for n in qm.weights if n.startswith(f"model.layers.{index}."))
+        for name, ql in stored.items():
+            assert ql.level_set is LEVEL_SETS["mnz" if index == 1 else "int3"]
+            assert torch.equal(ql.codes, qm.weights[name].codes)
+            assert torch.equal(ql.params.scale, qm.weights[name].params.scale)
+    name = "model.layers.1.mlp.up_proj"
+    codes = qm.weights[name].codes
+    with safe_open(str(tmp_path / "layer_001.safetensors"), framework="pt") as f:
+        packed = f.get_tensor(f"{name}.qcodes")  # four 2-bit codes per byte, first code in the low bits
+    assert torch.equal(packed[:, 0], codes[:, 0] | (codes[:, 1] << 2) | (codes[:, 2] << 4) | (codes[:, 3] << 6))
+
+
+def test_run_folders_of_the_old_layer_format_are_refused(tmp_path):
+    cfg = small_cfg(method="rtn")
+    (tmp_path / "config.json").write_text(json.dumps({"model": "", **cfg.identity()}))
+    with pytest.raises(QiftError, match="older layer-checkpoint format.*delete it"):
+        quantize_model(tiny_llama(seed=9, layers=2), None, cfg, run_dir=tmp_path, progress=False)
 
 
 def test_sequential_layer_outputs_equal_a_plain_forward_of_the_quantized_layer():

@@ -141,6 +141,12 @@ def check_supported(model: nn.Module) -> None:
         raise QiftError(f"model layout not supported for rotation ({problems[0]}); use a LLaMA-family checkpoint")
 
 
+def head_dim(model: nn.Module) -> int:
+    """Width of one attention head, from the model config."""
+    cfg = model.config
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
 def _is_rmsnorm(module: object) -> bool:
     return (
         isinstance(module, nn.Module)

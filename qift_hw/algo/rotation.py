@@ -23,7 +23,7 @@ from torch import nn
 
 from qift_hw.core.errors import QiftError
 from qift_hw.core.hadamard import hadamard_transform, is_supported, random_hadamard
-from qift_hw.algo.models import check_supported, untie_embeddings
+from qift_hw.algo.models import check_supported, head_dim, untie_embeddings
 from qift_hw.algo.qmodel import wrap_model
 
 
@@ -50,17 +50,12 @@ class RotationInfo:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def _head_dim(model: nn.Module) -> int:
-    cfg = model.config
-    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-
-
 def check_rotatable(model: nn.Module) -> tuple[int, int, int]:
     """(hidden, intermediate, head_dim) if Hadamard matrices exist for all three, else QiftError."""
     check_supported(model)
     hidden = model.model.embed_tokens.weight.shape[1]
     inter = model.model.layers[0].mlp.down_proj.in_features
-    hd = _head_dim(model)
+    hd = head_dim(model)
     for what, n in (("hidden size", hidden), ("intermediate size", inter), ("head dim", hd)):
         if not is_supported(n):
             raise QiftError(f"{what} {n} has no known Hadamard matrix; this model cannot be rotated")
