@@ -1,7 +1,7 @@
 """Glue between the PyTorch pipeline and the bit-accurate model: run every W2 linear of a model in `qift_hw.sim`.
 
-This sits in the CLI layer because it is the one place allowed to import both the pipeline (qmodel, pipeline
-results) and `qift_hw.sim`; the algorithm modules never import the simulator. `install_sim_backend` replaces the
+It sits in `bridge`, the layer allowed to import both the quantization algorithms (qmodel, quantized models) and
+`qift_hw.sim`; the algorithm modules never import the simulator. `install_sim_backend` replaces the
 forward of each QLinear whose weights are 2-bit hardware codes by the integer model (`sim.linear.SimLinear`):
 online Hadamard (Hadamard unit), INT4 quantizer, sign/shift/add accumulation, FP32 dequantization.
 """
