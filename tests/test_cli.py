@@ -129,9 +129,13 @@ def test_one_name_per_concept():
     quant = {"--text", "--w2-layers", "--other-bits", "--calib-windows", "--calib-seqlen", "--calib-seed", "--a-bits",
              "--kv-bits", "--a-clip", "--kv-clip", "--rotate", "--no-rotate", "--rotation-seed", "--scale-method",
              "--act-order", "--true-sequential", "--one-pass", "--batch-size", "--device"}
+    from qift_hw.cli.eval import QUANT_OPTIONS
+
     for cmd in ("eval", "sweep-ratio", "quantize"):
         opts = options(cmd)
         assert quant <= opts, (cmd, quant - opts)
+        params = {p.name for p in typer.main.get_command(app).commands[cmd].params}
+        assert set(QUANT_OPTIONS) <= params, (cmd, set(QUANT_OPTIONS) - params)
         assert "--seed" not in opts and "--json" not in opts
     assert {"--rotation-seed", "--device", "--out"} <= options("analyze") and "--seed" not in options("analyze")
     assert {"--levels", "--array", "--seqlen"} <= options("estimate")
@@ -150,10 +154,11 @@ def test_defaults_come_from_the_library():
     from qift_hw.core import formats
     from qift_hw.sim.cycle_model import HwConfig
 
-    cfg = quant_config("pydoc", "cpu", a_clip=None, kv_clip=None, rotate=None)
+    cfg = quant_config("pydoc", "cpu", {"a_clip": None, "kv_clip": None, "rotate": None})
     assert (cfg.a_clip, cfg.kv_clip, cfg.rotate) == (formats.ACT_CLIP, formats.KV_CLIP, True)
     assert (cfg.a_clip, cfg.kv_clip) == (0.9, 0.95)
-    assert quant_config("pydoc", "cpu", a_clip=0.8, calib_seed=5).calib_seed == 5
+    cfg = quant_config("pydoc", "cpu", {"a_clip": 0.8, "calib_seed": 5, "model": "x"}, levels="std")
+    assert (cfg.a_clip, cfg.calib_seed, cfg.calib_source, cfg.device) == (0.8, 5, "pydoc", "cpu")
     assert QuantConfig().calib_seed == 0
     assert HwConfig().dram_gbps == 16.0
 

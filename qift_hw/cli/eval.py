@@ -39,7 +39,8 @@ _abits = _qc("--a-bits", "a_bits", "Activation bits (per-token symmetric INT); 1
 _kvbits = _qc("--kv-bits", "kv_bits", "KV-cache bits (asymmetric, per head); 16 = off.")
 _aclip = _qc("--a-clip", "a_clip", "Activation clip ratio.")
 _kvclip = _qc("--kv-clip", "kv_clip", "KV-cache clip ratio.")
-_rotate = typer.Option(None, "--rotate/--no-rotate", help="Apply the QuaRot rotation.", show_default="QuantConfig.rotate")
+_rotate = typer.Option(None, "--rotate/--no-rotate", help="Apply the QuaRot rotation.",
+                       show_default="QuantConfig.rotate")
 _scale = _qc("--scale-method", "scale_method", "Per-channel scale: mse (clip search) or maxabs.")
 _actord = typer.Option(None, "--act-order/--no-act-order", help="GPTQ act-order (columns by decreasing Hessian "
                        "diagonal).", show_default="QuantConfig.act_order")
@@ -59,13 +60,20 @@ _simhad = typer.Option("unit", "--sim-hadamard", help="With --backend sim: the o
 _progress = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 
 
-def quant_config(text: str, device: Optional[str], **given):
-    """The QuantConfig of the shared options: the values given on the command line, QuantConfig's defaults for
-    the rest (`rotate`, calibration text and the resolved device included)."""
+QUANT_OPTIONS = ("w2_layers", "other_bits", "calib_windows", "calib_seqlen", "calib_seed", "a_bits", "kv_bits",
+                 "a_clip", "kv_clip", "rotate", "rotation_seed", "scale_method", "act_order", "true_sequential",
+                 "batch_size")
+"""The QuantConfig fields that `eval`, `sweep-ratio` and `quantize` all take as options (plus --text, --device)."""
+
+
+def quant_config(text: str, device: Optional[str], options: dict, **fixed):
+    """The QuantConfig of a command's options (its parameters, e.g. ``locals()``): the `QUANT_OPTIONS` given on the
+    command line and ``fixed``, QuantConfig's defaults for the rest; calibration text and resolved device."""
     from qift_hw.algo.config import QuantConfig
 
-    return QuantConfig(calib_source=text, device=resolve_device(device),
-                       **{k: v for k, v in given.items() if v is not None})
+    given = {k: options[k] for k in QUANT_OPTIONS if options.get(k) is not None}
+    return QuantConfig(calib_source=text, device=resolve_device(device), **given,
+                       **{k: v for k, v in fixed.items() if v is not None})
 
 
 def _model_id(spec: str) -> str:
@@ -126,9 +134,11 @@ def eval_cmd(
     windows: Optional[int] = _windows, seqlen: int = _seqlen,
     calib_windows: Optional[int] = _cwin, calib_seqlen: Optional[int] = _cseq, calib_seed: Optional[int] = _cseed,
     a_bits: Optional[int] = _abits, kv_bits: Optional[int] = _kvbits, a_clip: Optional[float] = _aclip,
-    kv_clip: Optional[float] = _kvclip, rotate: Optional[bool] = _rotate, rotation_seed: Optional[int] = rotation_seed_option,
+    kv_clip: Optional[float] = _kvclip, rotate: Optional[bool] = _rotate,
+    rotation_seed: Optional[int] = rotation_seed_option,
     scale_method: Optional[str] = _scale, act_order: Optional[bool] = _actord,
-    true_sequential: Optional[bool] = _trueseq, batch_size: Optional[int] = _bs, device: Optional[str] = device_option,
+    true_sequential: Optional[bool] = _trueseq, batch_size: Optional[int] = _bs,
+    device: Optional[str] = device_option,
     fp: bool = typer.Option(False, "--fp", help="Also run FP, rotated FP and rotated FP with A4KV4 (float weights)."),
     int_refs: bool = typer.Option(False, "--int-refs", help="Also run W4A4KV4 and W3A4KV4 (int4/int3 weights)."),
     table: Optional[str] = typer.Option(None, "--table", help="Preset instead of --levels/--method: demo or full "
@@ -144,11 +154,7 @@ def eval_cmd(
     from qift_hw.bridge.sim_backend import eval_backend
     from qift_hw.study.experiments import grid_points, preset_points, reference_points, run_points
 
-    base = quant_config(text, device, w2_layers=w2_layers, other_bits=other_bits, calib_windows=calib_windows,
-                        calib_seqlen=calib_seqlen, calib_seed=calib_seed, a_bits=a_bits, kv_bits=kv_bits,
-                        a_clip=a_clip, kv_clip=kv_clip, rotate=rotate, rotation_seed=rotation_seed,
-                        scale_method=scale_method, act_order=act_order, true_sequential=true_sequential,
-                        batch_size=batch_size)
+    base = quant_config(text, device, locals())
     hook = eval_backend(backend, sim_hadamard)
     if table is not None:
         points = preset_points(table, base, mixed)
@@ -178,9 +184,11 @@ def sweep_ratio_cmd(
     windows: Optional[int] = _windows, seqlen: int = _seqlen,
     calib_windows: Optional[int] = _cwin, calib_seqlen: Optional[int] = _cseq, calib_seed: Optional[int] = _cseed,
     a_bits: Optional[int] = _abits, kv_bits: Optional[int] = _kvbits, a_clip: Optional[float] = _aclip,
-    kv_clip: Optional[float] = _kvclip, rotate: Optional[bool] = _rotate, rotation_seed: Optional[int] = rotation_seed_option,
+    kv_clip: Optional[float] = _kvclip, rotate: Optional[bool] = _rotate,
+    rotation_seed: Optional[int] = rotation_seed_option,
     scale_method: Optional[str] = _scale, act_order: Optional[bool] = _actord,
-    true_sequential: Optional[bool] = _trueseq, batch_size: Optional[int] = _bs, device: Optional[str] = device_option,
+    true_sequential: Optional[bool] = _trueseq, batch_size: Optional[int] = _bs,
+    device: Optional[str] = device_option,
     threads: Optional[int] = _threads, out: Optional[Path] = _out, run_root: Path = _runs, fresh: bool = _fresh,
     progress: bool = _progress,
 ) -> None:
@@ -191,11 +199,7 @@ def sweep_ratio_cmd(
         rs = [float(r) for r in parse_list(ratios)]
     except ValueError:
         raise QiftError(f"--ratios {ratios!r}: give numbers in (0, 1) separated by commas") from None
-    base = quant_config(text, device, w2_layers=w2_layers, other_bits=other_bits, calib_windows=calib_windows,
-                        calib_seqlen=calib_seqlen, calib_seed=calib_seed, a_bits=a_bits, kv_bits=kv_bits,
-                        a_clip=a_clip, kv_clip=kv_clip, rotate=rotate, rotation_seed=rotation_seed,
-                        scale_method=scale_method, act_order=act_order, true_sequential=true_sequential,
-                        batch_size=batch_size)
+    base = quant_config(text, device, locals())
     points = ratio_points(base, rs, parse_list(method))
     base_model, tok, ev = _setup(model, text, seqlen, windows, threads)
     meta = _meta("qift-hw sweep-ratio", model, text, ev, seqlen, base)
@@ -214,9 +218,11 @@ def quantize_cmd(
     w2_layers: Optional[str] = _w2, other_bits: Optional[int] = _other,
     calib_windows: Optional[int] = _cwin, calib_seqlen: Optional[int] = _cseq, calib_seed: Optional[int] = _cseed,
     a_bits: Optional[int] = _abits, kv_bits: Optional[int] = _kvbits, a_clip: Optional[float] = _aclip,
-    kv_clip: Optional[float] = _kvclip, rotate: Optional[bool] = _rotate, rotation_seed: Optional[int] = rotation_seed_option,
+    kv_clip: Optional[float] = _kvclip, rotate: Optional[bool] = _rotate,
+    rotation_seed: Optional[int] = rotation_seed_option,
     scale_method: Optional[str] = _scale, act_order: Optional[bool] = _actord,
-    true_sequential: Optional[bool] = _trueseq, batch_size: Optional[int] = _bs, device: Optional[str] = device_option,
+    true_sequential: Optional[bool] = _trueseq, batch_size: Optional[int] = _bs,
+    device: Optional[str] = device_option,
     threads: Optional[int] = _threads, run_root: Path = _runs, fresh: bool = _fresh, progress: bool = _progress,
 ) -> None:
     """Quantize a model and save it as a safetensors checkpoint (packed codes, scales, level set, rotation seed)."""
@@ -229,11 +235,7 @@ def quantize_cmd(
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = quant_config(text, device, levels=levels, method=method, w2_layers=w2_layers, other_bits=other_bits,
-                       calib_windows=calib_windows, calib_seqlen=calib_seqlen, calib_seed=calib_seed, a_bits=a_bits,
-                       kv_bits=kv_bits, a_clip=a_clip, kv_clip=kv_clip, rotate=rotate, rotation_seed=rotation_seed,
-                       scale_method=scale_method, act_order=act_order, true_sequential=true_sequential,
-                       batch_size=batch_size)
+    cfg = quant_config(text, device, locals(), levels=levels, method=method)
     cfg.validate()
     m, tok = load_model(model, device=cfg.device)
     mid = _model_id(model)

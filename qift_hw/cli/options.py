@@ -98,6 +98,7 @@ def acc_bits_or_default(acc_bits: Optional[int]) -> int:
 
 
 device_option = typer.Option(None, "--device", help=DEVICE_HELP)
-rotation_seed_option = typer.Option(None, "--rotation-seed", help=ROTATION_SEED_HELP, show_default="QuantConfig.rotation_seed")
+rotation_seed_option = typer.Option(None, "--rotation-seed", help=ROTATION_SEED_HELP,
+                                    show_default="QuantConfig.rotation_seed")
 stimulus_seed_option = typer.Option(0, "--seed", help=STIMULUS_SEED_HELP)
 acc_bits_option = typer.Option(None, "--acc-bits", help=ACC_BITS_HELP, show_default="core.formats.ACC_BITS")
