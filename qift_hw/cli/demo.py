@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import RUNS
+from qift_hw.cli.options import RUNS, SEQLEN_HELP
 
 
 DEMO_MIXED = "last:15"
@@ -43,7 +43,7 @@ def _stages(out: Path, windows: int, seqlen: int, calib: int, quick: bool) -> li
 def demo_cmd(
     out: Path = typer.Option(RUNS / "demo", "--out", help="Run folder for the demo's reports, tables and plots."),
     windows: int = typer.Option(16, "--windows", help="Evaluation windows for the perplexity stage."),
-    seqlen: int = typer.Option(512, "--seqlen", help="Evaluation window length (tokens)."),
+    seqlen: int = typer.Option(512, "--seqlen", help=f"{SEQLEN_HELP} Evaluation window length."),
     calib: int = typer.Option(16, "--calib-windows", help="GPTQ calibration windows (512 tokens each)."),
     quick: bool = typer.Option(False, "--quick", help="Smaller area sweep."),
     only: str = typer.Option("", "--only", help="Comma-separated stage numbers to run (default: all)."),
