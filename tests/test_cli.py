@@ -198,3 +198,30 @@ def test_report_files_carry_provenance_and_csv(tmp_path):
     with open(tmp_path / "results.csv") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["setting"] == "W2A4KV4" and float(row["ppl"]) == 58.4
+
+
+def test_analyze_without_out_writes_a_run_folder(tmp_path):
+    from test_stats import _save_word_tokenizer
+
+    from qift_hw.algo.models import tiny_llama
+
+    folder = tmp_path / "model"
+    tiny_llama(seed=0, hidden=64, intermediate=128).save_pretrained(folder)
+    _save_word_tokenizer(folder)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = files_under(RESULTS)
+    res = qift(cwd, "analyze", "--model", str(folder), "--rotation-seed", "2", "--device", "cpu", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    written = files_under(cwd)
+    assert {p.name for p in written} == {"stats.json", "stats.md", "stats.csv", "kurtosis.png", "qq.png"}
+    (run,) = {p.parent for p in written}
+    assert run.parts[:2] == ("runs", "analyze") and "rotation-seed-2" in run.name
+    data = json.loads((cwd / run / "stats.json").read_text())
+    check_provenance(data["provenance"], "analyze", "--rotation-seed")
+    assert data["rotation"]["seed"] == 2
+    with open(cwd / run / "stats.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(data["modules"]) == 14
+    assert float(rows[0]["rotated_excess_kurtosis"]) == pytest.approx(data["modules"][0]["rotated"]["excess_kurtosis"])
+    assert files_under(RESULTS) == before
