@@ -136,7 +136,7 @@ def compare_linears(model: Any, weights: dict, input_ids: Any, hadamard: str = "
             w_int = torch.round(ls.decode(ql.codes.cpu()) / formats.weight_unit(ls)).long()
             acc_ref = q.long() @ w_int.T
             bias = None if lin.bias is None else lin.bias.detach().float().cpu()
-            sim = SimLinear.from_codes(ql.codes.cpu(), ql.params.scale.cpu(), ls.name,
+            sim = SimLinear.from_codes(ql.codes.cpu(), ql.params.scale.cpu(), ls,
                                        online_hadamard=lin.online_hadamard, bias=bias, a_bits=lin.a_bits,
                                        a_clip=lin.a_clip, hadamard="float")
             acc = torch.from_numpy(sim.accumulate(q))

@@ -63,7 +63,7 @@ def weight_int_values(level_set: str | LevelSet) -> np.ndarray:
 
 def weight_ints(codes: torch.Tensor, level_set: str | LevelSet) -> torch.Tensor:
     """Integer weights (int64, same shape) of uint8 codes: the value each PE adds, before the scale."""
-    table = torch.as_tensor(weight_int_values(level_set), device=codes.device)
+    table = torch.as_tensor(_int_set(level_set).int_weights, device=codes.device)
     return table[codes.long()]
 
 
@@ -87,7 +87,7 @@ def acc_range(bits: int = ACC_BITS) -> tuple[int, int]:
 def acc_bits_needed(K: int, level_set: str | LevelSet = HW_LEVEL_SET, act_bits: int = ACT_BITS) -> int:
     """Accumulator width that can never overflow for a K-term dot product of INT activations and these weights:
     the sign bit plus the bits of the worst |sum|, K * max_abs_product."""
-    return int(K * max_abs_product(level_set, act_bits)).bit_length() + 1
+    return int(K * max_abs_product(_int_set(level_set), act_bits)).bit_length() + 1
 
 
 def _amax_scale(amax: torch.Tensor, qmax: int, clip: float) -> torch.Tensor:
@@ -180,7 +180,7 @@ def product_range(level_set: str | LevelSet, act_bits: int = ACT_BITS) -> tuple[
     """Exact (min, max) of integer weight x INT``act_bits`` activation; a product is linear in the activation, so
     its extremes lie at the ends of the activation range."""
     acts = signed_range(act_bits)
-    prods = [int(w) * a for w in weight_int_values(level_set) for a in acts]
+    prods = [int(w) * a for w in _int_set(level_set).int_weights for a in acts]
     return min(prods), max(prods)
 
 
@@ -194,13 +194,13 @@ ACC_ORDER = "k-ascending"
 
 def max_abs_product(level_set: str | LevelSet, act_bits: int = ACT_BITS) -> int:
     """Largest |weight x activation| for this level set and activation width (what one MAC can add)."""
-    lo, hi = product_range(level_set, act_bits)
+    lo, hi = product_range(_int_set(level_set), act_bits)
     return max(-lo, hi)
 
 
 def cannot_overflow(K: int, level_set: str | LevelSet, bits: int = ACC_BITS, act_bits: int = ACT_BITS) -> bool:
     """True when no partial sum of a K-term dot product can leave the ``bits``-wide range (fast, unchecked path)."""
-    return K * max_abs_product(level_set, act_bits) <= acc_range(bits)[1]
+    return K * max_abs_product(_int_set(level_set), act_bits) <= acc_range(bits)[1]
 
 
 def saturating_dot(products: np.ndarray, bits: int = ACC_BITS) -> tuple[int, bool]:
@@ -271,7 +271,7 @@ def had_output_quant(y: torch.Tensor, exp: torch.Tensor, n: int, bits: int = ACT
 
 def weight_scale_eff(w_scale: torch.Tensor, level_set: str | LevelSet) -> torch.Tensor:
     """Per-output-channel FP32 scale of the integer weight: fp32(scale * unit) (unit is 1 or 1/2, so exact)."""
-    return (w_scale.to(SCALE_DTYPE).reshape(-1) * weight_unit(level_set)).to(SCALE_DTYPE)
+    return (w_scale.to(SCALE_DTYPE).reshape(-1) * _int_set(level_set).unit).to(SCALE_DTYPE)
 
 
 FP32_EXACT_INT = 2**24
@@ -279,7 +279,7 @@ FP32_EXACT_INT = 2**24
 sums stay within it is exact in any summation order (the integer-product mode of the PyTorch path relies on it)."""
 
 
-HW_MAX_ABS_WEIGHT = max(int(np.abs(weight_int_values(name)).max()) for name in HW_LEVEL_SETS)
+HW_MAX_ABS_WEIGHT = max(int(np.abs(LEVEL_SETS[name].int_weights).max()) for name in HW_LEVEL_SETS)
 """Largest |integer weight| of the hardware level sets (4: PoT-MNZ)."""
 
 
@@ -296,5 +296,5 @@ def dequantize_acc(acc: torch.Tensor, act_scale: torch.Tensor, w_scale: torch.Te
     y = ((fp32(acc) * act_scale[token]) * weight_scale_eff[n]) (+ fp32(bias[n])), in exactly this order.
     """
     y = acc.to(SCALE_DTYPE) * act_scale.to(SCALE_DTYPE)
-    y = y * weight_scale_eff(w_scale, level_set)
+    y = y * weight_scale_eff(w_scale, _int_set(level_set))
     return y if bias is None else y + bias.to(SCALE_DTYPE)

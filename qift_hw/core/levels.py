@@ -441,8 +441,9 @@ def unpack_codes(packed: torch.Tensor, K: int, bits: int = 2) -> torch.Tensor:
 
 def relative_mse(W: torch.Tensor, level_set: str | LevelSet, method: str = "mse") -> float:
     """sum (W - Q(W))^2 / sum W^2 with per-channel scales: the tensor analogue of the Gaussian MSE."""
+    ls = get_level_set(level_set)
     W = _check_weight(W).to(torch.float32)
-    _, deq = quantize(W, level_set, fit_params(W, level_set, method))
+    _, deq = quantize(W, ls, fit_params(W, ls, method))
     return float(((W - deq) ** 2).sum() / (W**2).sum())
 
 

@@ -16,6 +16,7 @@ from qift_hw.core.levels import MULTIPLIER_PE, PE_KINDS, LevelSet, get_level_set
 KIND_IDS = {kind: i for i, kind in enumerate(PE_KINDS)}
 """Integer id of each PE kind (``levels.PE_KINDS``), the form a Numba kernel branches on."""
 POT_MNZ, MNZ, PM12, STD, MULT = (KIND_IDS[k] for k in ("pot_mnz", "mnz", "pm12", "std", MULTIPLIER_PE))
+_MAG, _SIGN = formats.MAG_BIT, formats.SIGN_BIT
 
 
 def pe_kind(level_set: str | LevelSet) -> tuple[int, int]:
@@ -40,8 +41,8 @@ def pe_product(kind, code, a, code_bits=formats.WEIGHT_CODE_BITS):
     if kind == MULT:
         half = 1 << (code_bits - 1)
         return ((code ^ half) - half) * a
-    b0 = code & 1
-    b1 = (code >> 1) & 1
+    b0 = (code >> _MAG) & 1
+    b1 = (code >> _SIGN) & 1
     if kind == POT_MNZ:
         mag = a << (b0 << 1)
     elif kind == MNZ:
