@@ -204,7 +204,8 @@ def _build_registry() -> dict[str, LevelSet]:
 
 
 LEVEL_SETS: dict[str, LevelSet] = _build_registry()
-TWO_BIT_SETS = ("std", "asym", "pm12", "mnz", "pot_mnz", "lloyd", "nf2")
+TWO_BIT_SETS = tuple(name for name, ls in LEVEL_SETS.items() if ls.bits == 2)
+"""The named 2-bit sets, in registry order: std, asym, pm12, mnz, pot_mnz, lloyd, nf2."""
 
 
 def ratio_level_set(ratio: float) -> LevelSet:
@@ -259,12 +260,14 @@ def _minmax_scale(W: torch.Tensor, ls: LevelSet) -> torch.Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
-def _asym_params(W: torch.Tensor, clip: torch.Tensor | float = 1.0) -> QParams:
+def _asym_params(W: torch.Tensor, ls: LevelSet, clip: torch.Tensor | float = 1.0) -> QParams:
+    """Per-row scale and zero point that put the (clipped) row range [min, 0] u [0, max] on the set's index grid."""
+    top = len(ls.levels) - 1
     wmax = W.amax(dim=1, keepdim=True).clamp(min=0) * clip
     wmin = W.amin(dim=1, keepdim=True).clamp(max=0) * clip
-    s = (wmax - wmin) / 3
+    s = (wmax - wmin) / top
     s = torch.where(s > 0, s, torch.ones_like(s))
-    zero = torch.round(-wmin / s).clamp(0, 3)
+    zero = torch.round(-wmin / s).clamp(0, top)
     return QParams(s, zero)
 
 
@@ -335,7 +338,7 @@ def fit_params(W: torch.Tensor, level_set: str | LevelSet, method: str = "mse", 
     if method not in ("mse", "maxabs"):
         raise QiftError(f"unknown scale method {method!r}; use 'mse' or 'maxabs'")
     Wf = W.detach().to(torch.float64 if W.dtype == torch.float64 else torch.float32)
-    base = _asym_params(Wf) if ls.kind == "asym" else QParams(_minmax_scale(Wf, ls))
+    base = _asym_params(Wf, ls) if ls.kind == "asym" else QParams(_minmax_scale(Wf, ls))
     if method == "maxabs":
         return base
     levels = torch.as_tensor(ls.levels, dtype=Wf.dtype, device=Wf.device)
@@ -348,7 +351,7 @@ def fit_params(W: torch.Tensor, level_set: str | LevelSet, method: str = "mse", 
     best = base
     for c in clips:
         if ls.kind == "asym":
-            p = _asym_params(Wf, c)
+            p = _asym_params(Wf, ls, c)
             deq = (torch.clamp(torch.round(Wf / p.scale) + p.zero, 0, len(ls.levels) - 1) - p.zero) * p.scale
         else:
             p = QParams(base.scale * c)
