@@ -50,11 +50,13 @@ class LevelSet:
 
     def __post_init__(self) -> None:
         if self.pe is not None and (self.pe not in PE_KINDS or self.unit is None):
-            raise QiftError(f"level set {self.name!r}: PE kind {self.pe!r} needs a unit and one of {', '.join(PE_KINDS)}")
+            raise QiftError(f"level set {self.name!r}: PE kind {self.pe!r} needs a unit and one of "
+                            f"{', '.join(PE_KINDS)}")
         if self.unit is not None:
             w = self.level_of_code / self.unit
             if not np.all(w == np.round(w)):
-                raise QiftError(f"level set {self.name!r}: every code's level must be an integer times unit={self.unit}")
+                raise QiftError(f"level set {self.name!r}: every code's level must be an integer times "
+                                f"unit={self.unit}")
 
     @property
     def int_weights(self) -> np.ndarray:

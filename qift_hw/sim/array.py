@@ -19,6 +19,8 @@ from qift_hw.core.levels import LevelSet, get_level_set
 from qift_hw.sim.pe import pe_kind, pe_product
 
 DATAFLOWS = ("ws", "os")
+_ACT_SPAN = (formats.ACT_QMIN, formats.ACT_QMAX + 1)
+"""Half-open range of an INT4 activation, for the junk driven during stalls."""
 
 
 def _check_dims(R: int, C: int) -> None:
@@ -152,7 +154,7 @@ def ws_pass(arr: WSArray, acts: np.ndarray, codes: np.ndarray, p_in: np.ndarray 
     plan = _stall_plan(stalls, T)
     for t in range(T):
         for _ in range(plan[t]):
-            junk = (bool(rng.integers(2)), rng.integers(0, 2**arr.code_bits, C), rng.integers(formats.ACT_QMIN, formats.ACT_QMAX + 1, R),
+            junk = (bool(rng.integers(2)), rng.integers(0, 2**arr.code_bits, C), rng.integers(*_ACT_SPAN, R),
                     rng.integers(-100, 100, C), rng.integers(0, 2, C).astype(bool), rng.integers(0, 2, C).astype(bool))
             _record(trace, arr.outputs(), False, *junk)
             arr.step(*junk, en=False)
@@ -218,7 +220,7 @@ def os_pass(arr: OSArray, acts: np.ndarray, codes: np.ndarray, stalls: dict[int,
     plan = _stall_plan(stalls, T)
     for t in range(T):
         for _ in range(plan[t]):
-            junk = (bool(rng.integers(2)), rng.integers(formats.ACT_QMIN, formats.ACT_QMAX + 1, R), rng.integers(0, 2**arr.code_bits, C))
+            junk = (bool(rng.integers(2)), rng.integers(*_ACT_SPAN, R), rng.integers(0, 2**arr.code_bits, C))
             _record(trace, {**arr.outputs(), "out_valid": np.zeros(C, dtype=bool)}, False, *junk)
             arr.step(*junk, en=False)
         drain = t >= t_drain

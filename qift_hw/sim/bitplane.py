@@ -5,7 +5,8 @@ Weight codes are stored as their bit planes B0 (bit 0) and B1 (bit 1), word-majo
 activation word meets the words of many output channels in one vector operation.
 
 Sign-and-magnitude sets (PoT-MNZ, MNZ, pm12), weight = sgn * (1 + mu * b0) with mu = 3, 2, 1 (``signmag_mu``,
-from the set's integer weights): the sign is a conditional inversion, sgn * a = (a ^ s) - s with s = -b1, so with X_j = A_j ^ B1
+from the set's integer weights): the sign is a conditional inversion, sgn * a = (a ^ s) - s with s = -b1, so with
+X_j = A_j ^ B1
 
     sum_k w_k a_k = sum_j e_j (popcount(X_j) + mu * popcount(X_j & B0)) + popcount(B1) + mu * popcount(B1 & B0)
 
