@@ -47,7 +47,7 @@ def main() -> None:
         for name in args.models.split(","):
             shape = load_model_shape(name)
             model = shape.name
-            est = run_estimate(shape, hw, seq=512, context=pos)
+            est = run_estimate(shape, hw, seqlen=512, context=pos)
             for phase, M in (("decode", 1), ("prefill", 512)):
                 rep = est["reports"][f"w2_{phase}"]
                 for r in rep["rows"]:

@@ -68,14 +68,14 @@ def test_estimate_reports_every_format_and_phase():
 
     shape = load_model_shape("smollm2")
     hw = HwConfig(rows=16, cols=16, dataflow="os")
-    res = run_estimate(shape, hw, seq=64)
+    res = run_estimate(shape, hw, seqlen=64)
     assert set(res["reports"]) == {f"{f}_{p}" for f in ("w2", "w4", "w8") for p in ("prefill", "decode")}
     assert res["context"] == 64 and res["array"] == "16x16"
     for bits, fmt in ((2, "w2"), (4, "w4"), (8, "w8")):
         q = next(r for r in res["reports"][f"{fmt}_decode"]["rows"] if r["name"] == "q_proj")
         assert q["dram_read_bytes"] >= shape.hidden * shape.heads * shape.head_dim * bits // 8
     with pytest.raises(QiftError, match="pot_mnz"):
-        run_estimate(shape, hw, seq=64, levels=["mnz"])
+        run_estimate(shape, hw, seqlen=64, levels=["mnz"])
 
 
 def test_estimate_pe_areas(tmp_path):
@@ -85,8 +85,8 @@ def test_estimate_pe_areas(tmp_path):
             for k, c in (("pot_mnz", 300), ("int4", 400), ("int8", 700))]
     area = tmp_path / "area.json"
     area.write_text(json.dumps({"rows": rows}))
-    res = run_estimate(load_model_shape("smollm2"), HwConfig(rows=8, cols=8), seq=16, area_json=area)
+    res = run_estimate(load_model_shape("smollm2"), HwConfig(rows=8, cols=8), seqlen=16, area_json=area)
     per = res["pe_area"]["per_format"]
     assert per["w2"]["array_generic_cells"] == 300 * 64 and per["w8"]["pe"] == "int8"
     with pytest.raises(QiftError, match="rtl area"):
-        run_estimate(load_model_shape("smollm2"), HwConfig(rows=8, cols=8), seq=16, area_json=tmp_path / "no.json")
+        run_estimate(load_model_shape("smollm2"), HwConfig(rows=8, cols=8), seqlen=16, area_json=tmp_path / "no.json")

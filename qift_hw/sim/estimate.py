@@ -60,11 +60,12 @@ def pe_areas(path: str | Path, acc_bits: int) -> dict:
     return out
 
 
-def run_estimate(shape: ModelShape, hw: HwConfig, seq: int, context: int | None = None,
+def run_estimate(shape: ModelShape, hw: HwConfig, seqlen: int, context: int | None = None,
                  levels: Sequence[str] = DEFAULT_LEVELS, lm_head_bits: int = 8, attention: bool = True,
                  area_json: str | Path | None = None) -> dict:
-    """Reports of every weight format in ``levels`` at prefill (``seq`` tokens) and decode (one token after
-    ``context``, default ``seq``), keyed ``<format>_<phase>``; with ``area_json``, the array's cell count per format."""
+    """Reports of every weight format in ``levels`` at prefill (``seqlen`` tokens) and decode (one token after
+    ``context``, default ``seqlen``), keyed ``<format>_<phase>``; with ``area_json``, the array's cell count per
+    format. (The reports keep the cycle model's key ``seq`` for the prefill length.)"""
     for name in levels:
         if name not in FORMAT_OF_LEVELS:
             raise QiftError(f"no estimate for level set {name!r}; use {', '.join(FORMAT_OF_LEVELS)}")
@@ -72,10 +73,10 @@ def run_estimate(shape: ModelShape, hw: HwConfig, seq: int, context: int | None 
     for name in levels:
         bits = get_level_set(name).bits
         for phase in PHASES:
-            reports[f"{FORMAT_OF_LEVELS[name]}_{phase}"] = model_report(shape, hw, bits, phase, seq, context,
+            reports[f"{FORMAT_OF_LEVELS[name]}_{phase}"] = model_report(shape, hw, bits, phase, seqlen, context,
                                                                         lm_head_bits, attention)
-    result = {"model": shape.name, "array": f"{hw.rows}x{hw.cols}", "dataflow": hw.dataflow, "seq": seq,
-              "context": seq if context is None else context, "reports": reports}
+    result = {"model": shape.name, "array": f"{hw.rows}x{hw.cols}", "dataflow": hw.dataflow, "seq": seqlen,
+              "context": seqlen if context is None else context, "reports": reports}
     if area_json is not None:
         areas = pe_areas(area_json, hw.acc_bits)
         result["pe_area"] = {"source": str(area_json), "per_format": {}}
