@@ -22,8 +22,10 @@ from qift_hw.core.io import write_text
 from qift_hw.core.provenance import provenance
 from qift_hw.rtl.generate import array_top, write_top
 from qift_hw.verify.replay import port_plan, replay_amaranth
-from qift_hw.verify.simulate import repo_root, run_bench, simulator_available
+from qift_hw.verify.simulate import run_bench, simulator_available
 from qift_hw.verify.stimulus import gemm_trace
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _gemm_for(rows: int, cols: int, target_cycles: int, seed: int = 0):
@@ -42,9 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="4x4,8x8")
     ap.add_argument("--cycles", type=int, default=12000, help="target trace length in clock cycles")
-    ap.add_argument("--out", type=Path, default=repo_root() / "docs" / "results" / "rtl_sim_speed.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "rtl_sim_speed.json")
     args = ap.parse_args()
-    build = repo_root() / "sim_build"
+    build = ROOT / "sim_build"
     rows_out = []
     for size in args.sizes.split(","):
         R, C = (int(v) for v in size.split("x"))

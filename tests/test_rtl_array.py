@@ -7,7 +7,6 @@ from amaranth.sim import Simulator
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.rtl.array import OSArray, WSArray, make_array
-from qift_hw.verify.lanes import pack_lanes, unpack_lanes
 from qift_hw.verify.replay import replay_amaranth, unpack_rows
 from qift_hw.verify.stimulus import assemble, gemm_trace, result_port
 from qift_hw.verify.cases import direct_reference
@@ -67,8 +66,9 @@ def test_trace_mismatch_is_caught():
 
 
 def test_ws_protocol_written_out():
-    """The WS pass driven straight from docs/array_protocol.md (not from the model): weights loaded bottom row
-    first in R cycles, activations skewed by row, the result for (m, c) on p_out lane c at stream cycle m + R + c."""
+    """The WS pass driven straight from docs/array_protocol.md (not from the model), lane by lane through the
+    ports' array layouts: weights loaded bottom row first in R cycles, activations skewed by row, the result for
+    (m, c) on p_out[c] at stream cycle m + R + c."""
     R, C, M, K = 3, 4, 5, 3
     rng = np.random.default_rng(7)
     A, W = rng.integers(-8, 8, (M, K)), rng.integers(0, 4, (C, K))
@@ -80,14 +80,13 @@ def test_ws_protocol_written_out():
         ctx.set(dut.en, 1)
         for t in range(R):
             ctx.set(dut.w_load, 1)
-            ctx.set(dut.w_in, pack_lanes([W[c, R - 1 - t] for c in range(C)], 2))
+            ctx.set(dut.w_in, [int(W[c, R - 1 - t]) for c in range(C)])
             await ctx.tick()
         ctx.set(dut.w_load, 0)
         for u in range(M + R + C - 1):
-            ctx.set(dut.a_in, pack_lanes([A[u - r, r] if 0 <= u - r < M else 0 for r in range(R)], 4))
-            ctx.set(dut.pv_in, pack_lanes([1 if 0 <= u - c < M else 0 for c in range(C)], 1))
-            pv = unpack_lanes(ctx.get(dut.pv_out), C, 1, False)
-            p = unpack_lanes(ctx.get(dut.p_out), C, 16)
+            ctx.set(dut.a_in, [int(A[u - r, r]) if 0 <= u - r < M else 0 for r in range(R)])
+            ctx.set(dut.pv_in, [1 if 0 <= u - c < M else 0 for c in range(C)])
+            pv, p = ctx.get(dut.pv_out), ctx.get(dut.p_out)
             for c in range(C):
                 if pv[c]:
                     got[(u - R - c, c)] = p[c]
@@ -113,16 +112,18 @@ def test_os_protocol_written_out():
     async def bench(ctx):
         ctx.set(dut.en, 1)
         for t in range(K + R + C - 2):
-            ctx.set(dut.a_in, pack_lanes([A[r, t - r] if 0 <= t - r < K else 0 for r in range(R)], 4))
-            ctx.set(dut.w_in, pack_lanes([W[c, t - c] if 0 <= t - c < K else 0 for c in range(C)], 2))
+            ctx.set(dut.a_in, [int(A[r, t - r]) if 0 <= t - r < K else 0 for r in range(R)])
+            ctx.set(dut.w_in, [int(W[c, t - c]) if 0 <= t - c < K else 0 for c in range(C)])
             assert ctx.get(dut.out_valid) == 0
             await ctx.tick()
         ctx.set(dut.drain, 1)
         for _ in range(R):
             assert ctx.get(dut.out_valid) == 1
-            drained.append(unpack_lanes(ctx.get(dut.out), C, 16))
+            out = ctx.get(dut.out)
+            drained.append([out[c] for c in range(C)])
             await ctx.tick()
-        assert unpack_lanes(ctx.get(dut.out), C, 16) == [0] * C
+        out = ctx.get(dut.out)
+        assert [out[c] for c in range(C)] == [0] * C
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -8,14 +8,15 @@ under sim_build/.
 """
 
 import functools
+from pathlib import Path
 
 import pytest
 
-from qift_hw.verify.simulate import repo_root, simulator_available
+from qift_hw.verify.simulate import simulator_available
 from qift_hw.verify.cases import default_cases, run_case
 
 pytestmark = pytest.mark.sim
-BUILD = repo_root() / "sim_build"
+BUILD = Path(__file__).resolve().parents[1] / "sim_build"
 
 
 @functools.lru_cache(maxsize=1)

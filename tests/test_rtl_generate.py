@@ -1,6 +1,7 @@
 """Verilog generation: headers, file names, lint with Verilator, and the `qift-hw rtl` CLI's error handling."""
 
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,7 @@ from qift_hw.core.errors import QiftError
 from qift_hw.rtl.generate import array_top, hadamard_top, parse_array_size, pe_top, write_top
 from qift_hw.verify.lint import lint
 from qift_hw.verify.lanes import pack_lanes, unpack_lanes
-from qift_hw.verify.simulate import simulator_available, use_simulator
+from qift_hw.verify.simulate import SIM_DIR_ENV, sim_dir, simulator_available, use_simulator
 
 
 @given(st.integers(1, 16), st.integers(1, 40), st.booleans(), st.data())
@@ -59,6 +60,22 @@ def test_missing_simulator_is_one_line(monkeypatch):
         with pytest.raises(QiftError) as exc:
             use_simulator(sim)
         assert "\n" not in str(exc.value) and "install" in str(exc.value)
+
+
+def test_bench_folder_is_found_or_named(monkeypatch, tmp_path):
+    """The benches are the checkout's sim/ (from any working directory); $QIFT_SIM_DIR overrides it, and a
+    setting that names a folder without the benches is a one-line error saying what to set."""
+    checkout_sim = Path(__file__).resolve().parents[1] / "sim"
+    monkeypatch.delenv(SIM_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert sim_dir() == checkout_sim
+    (tmp_path / "bench_replay.py").write_text("")
+    monkeypatch.setenv(SIM_DIR_ENV, str(tmp_path))
+    assert sim_dir() == tmp_path.resolve()
+    monkeypatch.setenv(SIM_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(QiftError) as exc:
+        sim_dir()
+    assert "\n" not in str(exc.value) and SIM_DIR_ENV in str(exc.value)
 
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:

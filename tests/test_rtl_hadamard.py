@@ -62,7 +62,6 @@ def test_quantizer_matches_formats_on_ties_and_ranges():
     from amaranth.sim import Simulator
 
     from qift_hw.rtl.hadamard import Int4Quantizer
-    from qift_hw.verify.lanes import pack_lanes, unpack_lanes
 
     n, yb = 8, 25
     rng = np.random.default_rng(5)
@@ -83,10 +82,11 @@ def test_quantizer_matches_formats_on_ties_and_ranges():
     async def bench(ctx):
         ctx.set(dut.en, 1)
         for t in range(len(Y) + dut.LATENCY):
-            ctx.set(dut.y, pack_lanes(Y[t], yb) if t < len(Y) else 0)
+            ctx.set(dut.y, [int(v) for v in Y[t]] if t < len(Y) else [0] * n)
             ctx.set(dut.y_valid, int(t < len(Y)))
             if ctx.get(dut.q_valid):
-                got.append((unpack_lanes(ctx.get(dut.q), n, 4), ctx.get(dut.scale)))
+                q = ctx.get(dut.q)
+                got.append(([q[i] for i in range(n)], ctx.get(dut.scale)))
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -133,3 +133,41 @@ def test_quantizer_rejects_inexact_widths():
 
     with pytest.raises(QiftError, match="exact in FP32"):
         HadamardQuantUnit(1024)
+
+
+@pytest.mark.parametrize("n", [16, 24])
+def test_measured_latency_is_the_one_the_cycle_model_counts(n):
+    """One vector into the RTL: the quantizer's q_valid rises 4 cycles after y_valid (formats.HAD_QUANT_LATENCY),
+    and the whole unit's measured latency is the cycle model's Hadamard depth for one vector at full width."""
+    from amaranth.sim import Simulator
+
+    from qift_hw.rtl.hadamard import HadamardQuantUnit, Int4Quantizer
+    from qift_hw.sim.cycle_model import had_cycles
+
+    def first_valid(dut, x_port, valid_in, valid_out, lanes):
+        seen = []
+
+        async def bench(ctx):
+            ctx.set(dut.en, 1)
+            ctx.set(x_port, [1] * lanes)
+            ctx.set(valid_in, 1)
+            for t in range(40):
+                if ctx.get(valid_out):
+                    seen.append(t)
+                await ctx.tick()
+                ctx.set(valid_in, 0)
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(bench)
+        sim.run()
+        return seen
+
+    quant = Int4Quantizer(n, 20)
+    assert first_valid(quant, quant.y, quant.y_valid, quant.q_valid, n) == [4]
+    assert formats.HAD_QUANT_LATENCY == 4
+    unit = HadamardQuantUnit(n)
+    K, p = split_order(n)
+    measured = first_valid(unit, unit.x, unit.x_valid, unit.q_valid, n)
+    assert measured == [(p.bit_length() - 1) + (K > 1) + 4]
+    assert had_cycles(1, n, n) == 1 + 1 + measured[0]

@@ -43,8 +43,9 @@ def test_model_report_totals_and_formats():
 
 
 def test_hadamard_cycles():
-    assert had_cycles(1, 64, 64) == 1 + 1 + 6 + 1
-    assert had_cycles(10, 1536, 32) == 10 * 48 + 48 + 7 + 1 + 1
+    """Vectors x ceil(n / lanes), one vector's fill, log2(2^k) butterflies, 1 K stage, 4 quantizer stages."""
+    assert had_cycles(1, 64, 64) == 1 + 1 + 6 + 4
+    assert had_cycles(10, 1536, 32) == 10 * 48 + 48 + 7 + 1 + 4
     assert had_cycles(0, 64, 8) == 0
 
 

@@ -216,11 +216,10 @@ def tiles_cmd(
     out: Path = typer.Option(None, "--out", help="Output .npz (default sim/data/smollm2_tiles.npz, the benches' input)."),
 ) -> None:
     """Export small real tiles (INT4 activations, W2 codes, Hadamard inputs) from SmolLM2 for the RTL benches."""
-    from qift_hw.verify.simulate import repo_root
     from qift_hw.bridge.tiles import export_tiles
-    from qift_hw.verify.cases import TILES_FILE
+    from qift_hw.verify.cases import tiles_path
 
-    path = export_tiles(out or repo_root() / TILES_FILE, layer=layer, tokens=tokens, checkpoint=checkpoint)
+    path = export_tiles(out or tiles_path(), layer=layer, tokens=tokens, checkpoint=checkpoint)
     typer.echo(f"saved {path}")
 
 

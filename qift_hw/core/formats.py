@@ -298,3 +298,34 @@ def dequantize_acc(acc: torch.Tensor, act_scale: torch.Tensor, w_scale: torch.Te
     y = acc.to(SCALE_DTYPE) * act_scale.to(SCALE_DTYPE)
     y = y * weight_scale_eff(w_scale, _int_set(level_set))
     return y if bias is None else y + bias.to(SCALE_DTYPE)
+
+
+# ---------------------------------------------------------------- FP32 fields of the integer quantizer RTL
+
+FP32_FRAC_BITS = int(np.finfo(np.float32).nmant)
+"""Stored fraction bits of an FP32 value (23)."""
+FP32_SIG_BITS = FP32_FRAC_BITS + 1
+"""Bits of an FP32 significand with its hidden leading one (24): a normal value is S * 2^e, 2^23 <= S < 2^24."""
+FP32_EXP_BITS = int(np.finfo(np.float32).nexp)
+"""Bits of the biased FP32 exponent field (8)."""
+FP32_EXP_BIAS = int(np.finfo(np.float32).maxexp) - 1
+"""Bias of the FP32 exponent field (127): a normal S * 2^e has field e + FP32_FRAC_BITS + FP32_EXP_BIAS."""
+FP32_BITS = 1 + FP32_EXP_BITS + FP32_FRAC_BITS
+"""Width of an FP32 bit pattern (32): sign, exponent field, fraction."""
+
+
+def fp32_significand(x: float) -> tuple[int, int]:
+    """(S, e) with fp32(x) = S * 2^e exactly and 2^23 <= S < 2^24 (x normal and nonzero)."""
+    frac, exp = math.frexp(float(np.float32(x)))
+    if frac == 0:
+        raise QiftError("fp32_significand needs a nonzero value")
+    return int(frac * 2**FP32_SIG_BITS), exp - FP32_SIG_BITS
+
+
+ACT_CLIP_FP32_SIG, ACT_CLIP_FP32_EXP = fp32_significand(ACT_CLIP)
+"""fp32(ACT_CLIP) = ACT_CLIP_FP32_SIG * 2^ACT_CLIP_FP32_EXP (15099494 * 2^-24 for 0.9): the quantizer RTL
+multiplies max|y| by this integer significand instead of by an FP32 value."""
+
+HAD_QUANT_LATENCY = 4
+"""Pipeline stages of the INT4 quantizer after the Hadamard unit (max|y|; scale; thresholds; compare): the RTL's
+``Int4Quantizer.LATENCY`` and the cycle model's quantizer depth."""

@@ -3,7 +3,8 @@
 The numbers are cell counts of technology-independent synthesis (Yosys' internal gate library: AND/OR/XOR/MUX/
 DFF...) and of a mapping to Lattice iCE40 (4-input LUTs, carry cells, flip-flops). They compare designs with
 each other; they are not ASIC areas (no standard-cell library, no um^2, no timing closure). Hierarchy is kept
-(no flattening), so a PE's product stays its own module and is sized as such in every variant.
+(``HIERARCHY``: only the PE cores are flattened), so a PE's product stays its own module and is sized as such in
+every variant.
 """
 
 from __future__ import annotations
@@ -81,8 +82,14 @@ def _design_totals(stat_json: dict) -> tuple[int, dict]:
     return sum(by_type.values()), by_type
 
 
-FLOWS = {"generic": "synth", "ice40": "synth_ice40 -noflatten"}
+FLOWS = {"generic": "synth -flatten", "ice40": "synth_ice40"}
 """The two Yosys flows behind every area figure: technology-independent gates, and iCE40 LUT4/carry/FF."""
+
+HIERARCHY = ("setattr -mod -set keep_hierarchy 1 *", "setattr -mod -unset keep_hierarchy *.core *.core_*",
+             "setattr -mod -set keep_hierarchy 1 *.prod")
+"""Which modules synthesis keeps: every module except the PE cores (``MacCore``, a grouping of the PE's product
+and adder with no boundary in hardware), which are flattened into their PE or array cell; the ``Product`` inside
+stays a module of its own, so a multiplier is sized as a multiplier."""
 
 
 def yosys_script(verilog_name: str, top: str, flow: str, stat_json: str | None = None) -> str:
@@ -90,7 +97,7 @@ def yosys_script(verilog_name: str, top: str, flow: str, stat_json: str | None =
     with ``stat_json``, save as JSON) its cell statistics: what `qift-hw rtl area` runs, and what `rtl generate`
     writes beside the Verilog for `yosys -s`."""
     stat = f"tee -q -o {stat_json} stat -json" if stat_json else "stat"
-    return f"read_verilog {verilog_name}\n{FLOWS[flow]} -top {top}\n{stat}\n"
+    return "\n".join([f"read_verilog {verilog_name}", *HIERARCHY, f"{FLOWS[flow]} -top {top}", stat]) + "\n"
 
 
 def _run_stat(cmd: list[str], verilog: Path, top: str, flow: str, workdir: Path) -> dict:
@@ -105,7 +112,15 @@ def _run_stat(cmd: list[str], verilog: Path, top: str, flow: str, workdir: Path)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise QiftError(f"yosys failed on {top} ({synth}): {tail[0]}")
-    return json.loads(out.read_text())
+    return json.loads(_strip_hierarchy_listing(out.read_text()))
+
+
+def _strip_hierarchy_listing(text: str) -> str:
+    """``stat -json`` of Yosys 0.23 prints its plain-text hierarchy listing (``top.sub.leaf   1``) into the JSON of a
+    design more than one level deep; drop those lines, which carry nothing the totals need."""
+    import re
+
+    return re.sub(r"(?m)^[ \t]+[^\s\"{}\[\],:]+[ \t]+\d+[ \t]*\n", "", text)
 
 
 def synthesise(verilog_text: str, top: str, params: dict, yosys: list[str]) -> AreaResult:

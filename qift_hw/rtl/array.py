@@ -3,19 +3,22 @@
 Both follow the protocol register for register (so the RTL can be checked against the cycle-stepped model
 cycle for cycle): a global advance ``en`` (0 = stall: no register changes), activations moving right one PE per
 cycle, and either partial sums moving down (WS) or weights moving down into stationary accumulators (OS).
-Additions saturate at ``acc_bits`` and an overflow flag travels with each sum; nothing wraps. The skew of the
-inputs (row r one cycle after row r-1) is the feeder's job, as the protocol specifies.
+Every cell is a ``MacCore`` (the PE's product and saturating add, the one ``MacPE`` is built from) with the
+cell's registers around it. Additions saturate at ``acc_bits`` and an overflow flag travels with each sum;
+nothing wraps. The skew of the inputs (row r one cycle after row r-1) is the feeder's job, as the protocol
+specifies. Vector ports are ``data.ArrayLayout``s: lane i of ``a_in`` is ``a_in[i]``.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed, unsigned
+from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
-from qift_hw.rtl.pe import Product, check_acc_bits, pe_format, saturating_add, silence_unused
+from qift_hw.rtl.pe import MacCore, check_acc_bits, pe_format, silence_unused
+from qift_hw.rtl.ports import port_lanes, vector
 
 DATAFLOWS = ("ws", "os")
 MAX_DIM = 64
@@ -27,17 +30,11 @@ def _check_dims(rows: int, cols: int) -> None:
             raise QiftError(f"array {name} must be 1..{MAX_DIM}, got {v}")
 
 
-def _slice(port, i: int, shape):
-    part = port[i * shape.width:(i + 1) * shape.width]
-    return part.as_signed() if shape.signed else part
-
-
 class _Array(wiring.Component):
     dataflow: str
 
-    @staticmethod
-    def _layout(rows: int, cols: int, acc_bits: int, wb: int, ab: int) -> dict[str, tuple[bool, int, int, bool]]:
-        """Data ports in signature order: name -> (is input, lanes, bits per lane, signed)."""
+    def _ports(self) -> dict:
+        """Data ports in signature order: name -> ``In``/``Out`` member (vector ports as ArrayLayouts)."""
         raise NotImplementedError
 
     def __init__(self, rows: int, cols: int, kind: str, acc_bits: int):
@@ -52,19 +49,18 @@ class _Array(wiring.Component):
         self.fmt = fmt
         self.a_shape = signed(self.fmt.act_bits)
         self.acc_shape = signed(acc_bits)
-        self._ports = self._layout(rows, cols, acc_bits, fmt.w_shape.width, fmt.act_bits)
-        super().__init__({"en": In(1), **{name: (In if is_in else Out)(unsigned(n * bits))
-                                          for name, (is_in, n, bits, _) in self._ports.items()}})
+        super().__init__({"en": In(1), **self._ports()})
 
-    def _product(self, m: Module, r: int, c: int, a, w) -> Product:
-        prod = Product(self.kind)
-        m.submodules[f"prod_{r}_{c}"] = prod
-        m.d.comb += [prod.a.eq(a), prod.w.eq(w)]
-        return prod
+    def _cell(self, m: Module, r: int, c: int, a, w, acc) -> MacCore:
+        """The PE core of cell (r, c): ``sum = sat(acc + weight(w) * a)``."""
+        core = MacCore(self.kind, self.acc_bits)
+        m.submodules[f"core_{r}_{c}"] = core
+        m.d.comb += [core.a.eq(a), core.w.eq(w), core.acc.eq(acc)]
+        return core
 
     def lanes(self) -> dict[str, tuple[int, int, bool]]:
         """Vector layout of every data port: name -> (lanes, bits per lane, signed)."""
-        return {name: (n, bits, sig) for name, (_, n, bits, sig) in self._ports.items()}
+        return port_lanes(self)
 
     def params(self) -> dict:
         """The generator parameters of this instance (written into the Verilog header)."""
@@ -75,10 +71,10 @@ class _Array(wiring.Component):
 class WSArray(_Array):
     """Weight-stationary array: PE(r, c) holds W[n0+c, k0+r]; partial sums move down, results leave the bottom.
 
-    Ports (lane i of a vector port at bits ``[i*width, (i+1)*width)``): ``en``, ``w_load``, ``w_in`` (C codes),
-    ``a_in`` (R activations), ``p_in`` (C partial sums), ``ovf_in`` and ``pv_in`` (C bits); outputs ``p_out``
-    (C sums of the bottom row), ``ovf_out``, ``pv_out``. A pass is R load cycles, then M + R + C - 1 stream cycles;
-    the result for (m, c) is on ``p_out`` lane c during stream cycle m + R + c (see the protocol).
+    Ports: ``en``, ``w_load``, ``w_in`` (C codes), ``a_in`` (R activations), ``p_in`` (C partial sums), ``ovf_in``
+    and ``pv_in`` (C bits); outputs ``p_out`` (C sums of the bottom row), ``ovf_out``, ``pv_out``. A pass is R load
+    cycles, then M + R + C - 1 stream cycles; the result for (m, c) is on ``p_out[c]`` during stream cycle
+    m + R + c (see the protocol).
     """
 
     dataflow = "ws"
@@ -86,12 +82,12 @@ class WSArray(_Array):
     def __init__(self, rows: int, cols: int, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
         super().__init__(rows, cols, kind, acc_bits)
 
-    @staticmethod
-    def _layout(rows: int, cols: int, acc_bits: int, wb: int, ab: int) -> dict[str, tuple[bool, int, int, bool]]:
-        return {"w_load": (True, 1, 1, False), "w_in": (True, cols, wb, False), "a_in": (True, rows, ab, True),
-                "p_in": (True, cols, acc_bits, True), "ovf_in": (True, cols, 1, False), "pv_in": (True, cols, 1, False),
-                "p_out": (False, cols, acc_bits, True), "ovf_out": (False, cols, 1, False),
-                "pv_out": (False, cols, 1, False)}
+    def _ports(self) -> dict:
+        R, C = self.rows, self.cols
+        return {"w_load": In(1), "w_in": In(vector(self.fmt.w_shape, C)), "a_in": In(vector(self.a_shape, R)),
+                "p_in": In(vector(self.acc_shape, C)), "ovf_in": In(vector(1, C)), "pv_in": In(vector(1, C)),
+                "p_out": Out(vector(self.acc_shape, C)), "ovf_out": Out(vector(1, C)),
+                "pv_out": Out(vector(1, C))}
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -109,26 +105,23 @@ class WSArray(_Array):
         for r in range(R):
             for c in range(C):
                 cell = grid[r][c]
-                a = _slice(self.a_in, r, self.a_shape) if c == 0 else grid[r][c - 1]["a"]
+                a = self.a_in[r] if c == 0 else grid[r][c - 1]["a"]
                 if r == 0:
-                    w_up = _slice(self.w_in, c, self.fmt.w_shape)
-                    p_up = _slice(self.p_in, c, self.acc_shape)
-                    ov_up, pv_up = self.ovf_in[c], self.pv_in[c]
+                    w_up, p_up, ov_up, pv_up = self.w_in[c], self.p_in[c], self.ovf_in[c], self.pv_in[c]
                 else:
                     up = grid[r - 1][c]
                     w_up, p_up, ov_up, pv_up = up["w"], up["p"], up["ov"], up["pv"]
-                prod = self._product(m, r, c, a, cell["w"])
-                total, over = saturating_add(m, p_up, prod.term, prod.neg, self.acc_bits)
+                core = self._cell(m, r, c, a, cell["w"], p_up)
                 with m.If(self.en):
                     with m.If(self.w_load):
                         m.d.sync += cell["w"].eq(w_up)
                     with m.Else():
-                        m.d.sync += [cell["a"].eq(a), cell["p"].eq(total), cell["ov"].eq(ov_up | over),
+                        m.d.sync += [cell["a"].eq(a), cell["p"].eq(core.sum), cell["ov"].eq(ov_up | core.over),
                                      cell["pv"].eq(pv_up)]
         for c in range(C):
             bottom = grid[R - 1][c]
-            m.d.comb += [_slice(self.p_out, c, self.acc_shape).eq(bottom["p"]),
-                         self.ovf_out[c].eq(bottom["ov"]), self.pv_out[c].eq(bottom["pv"])]
+            m.d.comb += [self.p_out[c].eq(bottom["p"]), self.ovf_out[c].eq(bottom["ov"]),
+                         self.pv_out[c].eq(bottom["pv"])]
         return m
 
 
@@ -146,11 +139,10 @@ class OSArray(_Array):
     def __init__(self, rows: int, cols: int, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
         super().__init__(rows, cols, kind, acc_bits)
 
-    @staticmethod
-    def _layout(rows: int, cols: int, acc_bits: int, wb: int, ab: int) -> dict[str, tuple[bool, int, int, bool]]:
-        return {"drain": (True, 1, 1, False), "a_in": (True, rows, ab, True), "w_in": (True, cols, wb, False),
-                "out": (False, cols, acc_bits, True), "ovf_out": (False, cols, 1, False),
-                "out_valid": (False, 1, 1, False)}
+    def _ports(self) -> dict:
+        R, C = self.rows, self.cols
+        return {"drain": In(1), "a_in": In(vector(self.a_shape, R)), "w_in": In(vector(self.fmt.w_shape, C)),
+                "out": Out(vector(self.acc_shape, C)), "ovf_out": Out(vector(1, C)), "out_valid": Out(1)}
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -164,10 +156,9 @@ class OSArray(_Array):
         for r in range(R):
             for c in range(C):
                 cell = grid[r][c]
-                a = _slice(self.a_in, r, self.a_shape) if c == 0 else grid[r][c - 1]["a"]
-                w = _slice(self.w_in, c, self.fmt.w_shape) if r == 0 else grid[r - 1][c]["w"]
-                prod = self._product(m, r, c, a, w)
-                total, over = saturating_add(m, cell["acc"], prod.term, prod.neg, self.acc_bits)
+                a = self.a_in[r] if c == 0 else grid[r][c - 1]["a"]
+                w = self.w_in[c] if r == 0 else grid[r - 1][c]["w"]
+                core = self._cell(m, r, c, a, w, cell["acc"])
                 with m.If(self.en):
                     with m.If(self.drain):
                         if r == 0:
@@ -175,11 +166,11 @@ class OSArray(_Array):
                         else:
                             m.d.sync += [cell["acc"].eq(grid[r - 1][c]["acc"]), cell["ov"].eq(grid[r - 1][c]["ov"])]
                     with m.Else():
-                        m.d.sync += [cell["a"].eq(a), cell["w"].eq(w), cell["acc"].eq(total),
-                                     cell["ov"].eq(cell["ov"] | over)]
+                        m.d.sync += [cell["a"].eq(a), cell["w"].eq(w), cell["acc"].eq(core.sum),
+                                     cell["ov"].eq(cell["ov"] | core.over)]
         for c in range(C):
             bottom = grid[R - 1][c]
-            m.d.comb += [_slice(self.out, c, self.acc_shape).eq(bottom["acc"]), self.ovf_out[c].eq(bottom["ov"])]
+            m.d.comb += [self.out[c].eq(bottom["acc"]), self.ovf_out[c].eq(bottom["ov"])]
         m.d.comb += self.out_valid.eq(self.drain & self.en)
         return m
 

@@ -18,6 +18,7 @@ from amaranth.lib.wiring import In, Out
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.rtl.pe import silence_unused
+from qift_hw.rtl.ports import port_lanes, vector
 
 MAX_LANES = 1024
 
@@ -65,16 +66,15 @@ class HadamardUnit(wiring.Component):
         self.out_bits = output_bits(n, in_bits)
         super().__init__({
             "en": In(1),
-            "x": In(unsigned(n * in_bits)),
+            "x": In(vector(signed(in_bits), n)),
             "x_valid": In(1),
-            "y": Out(unsigned(n * self.out_bits)),
+            "y": Out(vector(signed(self.out_bits), n)),
             "y_valid": Out(1),
         })
 
     def lanes(self) -> dict[str, tuple[int, int, bool]]:
         """Vector layout of every data port: name -> (lanes, bits per lane, signed)."""
-        return {"x": (self.n, self.in_bits, True), "x_valid": (1, 1, False),
-                "y": (self.n, self.out_bits, True), "y_valid": (1, 1, False)}
+        return port_lanes(self)
 
     def params(self) -> dict:
         """The generator parameters of this instance (written into the Verilog header)."""
@@ -84,7 +84,7 @@ class HadamardUnit(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         n, width = self.n, self.in_bits
-        lanes = [self.x[i * width:(i + 1) * width].as_signed() for i in range(n)]
+        lanes = [self.x[i] for i in range(n)]
         valid = self.x_valid
         for s in range(self.stages):
             h = 1 << s
@@ -112,7 +112,7 @@ class HadamardUnit(wiring.Component):
                 m.d.sync += v.eq(valid)
             lanes, valid = regs, v
         for i in range(n):
-            m.d.comb += self.y[i * self.out_bits:(i + 1) * self.out_bits].eq(lanes[i])
+            m.d.comb += self.y[i].eq(lanes[i])
         m.d.comb += self.y_valid.eq(valid)
         return m
 
@@ -134,22 +134,32 @@ def _signed_sum(terms: list[tuple[int, object]]):
     return _tree(plus) - _tree(minus)
 
 
-FP32_CLIP_MANTISSA = 15099494
-"""fp32(formats.ACT_CLIP) = 15099494 * 2^-24 (checked against numpy at import of the quantizer)."""
+SIG = formats.FP32_SIG_BITS
+"""Significand width of the scale (24): the quantizer's scale is S * 2^e with a normal FP32 significand S."""
+THRESHOLD_FRAC = SIG + 1
+"""The threshold constants K_j count units of 2^-(SIG + 1) = 2^-25: b = j + 1/2 and its half ulp are integers there."""
+ROUND_BITS = SIG + 2
+"""Width of a significand after rounding (26): SIG bits, the carry of a round-up, one spare."""
+DIV_SHIFT = SIG + 3
+"""The scale's first rounding is shifted up by 27 bits before the division by qmax, so the quotient keeps SIG
+significant bits, a guard bit and more; the remainder is the sticky bit."""
+Y_BITS_MAX = SIG + 1
+"""Widest signed y the quantizer takes (25 bits): |y| <= 2^24, exact in FP32."""
 
 
 def _threshold_constants(qmax: int) -> list[tuple[int, bool]]:
-    """(K_j, inclusive) for j = 0 .. qmax: |y| passes level j+1 iff |y| (>= or >) s * K_j * 2^-25.
+    """(K_j, inclusive) for j = 0 .. qmax: |y| passes level j+1 iff |y| (>= or >) s * K_j * 2^-THRESHOLD_FRAC.
 
     rne_int(fp32(x)) >= j + 1 happens iff fp32(x) > j + 1/2, or fp32(x) = j + 1/2 with j odd (ties to even). With
     b = j + 1/2 (an fp32 value with an even significand) and u its ulp, that is x >= b - u/2 for odd j (the tie at
-    the midpoint rounds to b) and x > b + u/2 for even j.
+    the midpoint rounds to b) and x > b + u/2 for even j. b = (2j + 1) * 2^-1 has ulp exponent
+    floor(log2(j + 1/2)) - FP32_FRAC_BITS.
     """
     out = []
     for j in range(qmax + 1):
-        ulp_exp = (2 * j + 1).bit_length() - 2 - 23  # floor(log2(j + 1/2)) - 23
-        half_ulp = 1 << (ulp_exp + 24)  # u/2 in units of 2^-25
-        base = (2 * j + 1) << 24  # b in units of 2^-25
+        ulp_exp = (2 * j + 1).bit_length() - 2 - formats.FP32_FRAC_BITS
+        half_ulp = 1 << (ulp_exp - 1 + THRESHOLD_FRAC)
+        base = (2 * j + 1) << (THRESHOLD_FRAC - 1)
         out.append((base - half_ulp, True) if j % 2 else (base + half_ulp, False))
     return out
 
@@ -162,19 +172,18 @@ class Int4Quantizer(wiring.Component):
     (multiply by fp32(clip)'s significand, round to nearest even; divide by 7 with a sticky remainder, round), and
     each lane's q counts how many of eight per-vector integer thresholds |y| reaches (the thresholds are where
     fp32 rounding and round-half-even change value). Needs |y| <= 2^24 (y exact in fp32).
-    Pipeline: max|y|; scale; thresholds; compare. Latency 4. Outputs q (n x 4-bit), ``scale`` (the FP32 bit
-    pattern of s) and ``q_valid``; ``exp_in`` (the token's block exponent) travels along to ``exp_out``.
+    Pipeline: max|y|; scale; thresholds; compare (``formats.HAD_QUANT_LATENCY`` = 4 stages). Outputs q (n x 4-bit),
+    ``scale`` (the FP32 bit pattern of s) and ``q_valid``; ``exp_in`` (the token's block exponent) travels along to
+    ``exp_out``.
     """
 
-    LATENCY = 4
+    LATENCY = formats.HAD_QUANT_LATENCY
 
     def __init__(self, n: int, y_bits: int, exp_bits: int = 8):
         try:
-            if y_bits > 25:
-                raise QiftError(f"the INT4 quantizer needs |y| <= 2^24 (exact in FP32); {y_bits}-bit y is too wide "
-                                "(use a smaller Hadamard order or input width)")
-            if int(np.float32(formats.ACT_CLIP).astype(np.float64) * 2**24) != FP32_CLIP_MANTISSA:
-                raise QiftError("formats.ACT_CLIP changed; update FP32_CLIP_MANTISSA in qift_hw/rtl/hadamard.py")
+            if y_bits > Y_BITS_MAX:
+                raise QiftError(f"the INT4 quantizer needs |y| <= 2^{Y_BITS_MAX - 1} (exact in FP32); {y_bits}-bit y "
+                                "is too wide (use a smaller Hadamard order or input width)")
         except QiftError:
             silence_unused(self)
             raise
@@ -183,11 +192,11 @@ class Int4Quantizer(wiring.Component):
         self.q_bits = formats.ACT_BITS
         super().__init__({
             "en": In(1),
-            "y": In(unsigned(n * y_bits)),
+            "y": In(vector(signed(y_bits), n)),
             "y_valid": In(1),
             "exp_in": In(signed(exp_bits)),
-            "q": Out(unsigned(n * self.q_bits)),
-            "scale": Out(32),
+            "q": Out(vector(signed(self.q_bits), n)),
+            "scale": Out(formats.FP32_BITS),
             "q_valid": Out(1),
             "exp_out": Out(signed(exp_bits)),
         })
@@ -195,7 +204,7 @@ class Int4Quantizer(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         n, yb = self.n, self.y_bits
-        lanes = [self.y[i * yb:(i + 1) * yb].as_signed() for i in range(n)]
+        lanes = [self.y[i] for i in range(n)]
         en = self.en
 
         def stage(name: str, value, shape):
@@ -229,17 +238,17 @@ class Int4Quantizer(wiring.Component):
         sig, exp = self._scale(m, a1)
         mag2 = [stage(f"q2_mag_{i}", mag1[i], unsigned(yb)) for i in range(n)]
         neg2 = [stage(f"q2_neg_{i}", neg1[i], 1) for i in range(n)]
-        s2 = stage("q2_sig", sig, unsigned(24))
-        x2 = stage("q2_exp", exp, signed(8))
+        s2 = stage("q2_sig", sig, unsigned(SIG))
+        x2 = stage("q2_exp", exp, signed(formats.FP32_EXP_BITS))
         v2 = stage("q2_valid", v1, 1)
         e2 = stage("q2_exp_in", e1, signed(self.exp_bits))
 
         # stage 3: integer thresholds per level
         shift = Signal(unsigned(7))
-        m.d.comb += shift.eq(25 - x2)
+        m.d.comb += shift.eq(THRESHOLD_FRAC - x2)
         ths = []
         for j, (k, inclusive) in enumerate(_threshold_constants(self.qmax)):
-            prod = Signal(unsigned(24 + k.bit_length()), name=f"q3_p{j}")
+            prod = Signal(unsigned(SIG + k.bit_length()), name=f"q3_p{j}")
             m.d.comb += prod.eq(s2 * k)
             if inclusive:
                 bound = (prod + (Const(1, unsigned(64)) << shift) - 1) >> shift
@@ -248,8 +257,8 @@ class Int4Quantizer(wiring.Component):
             ths.append(stage(f"q3_th{j}", bound, unsigned(yb + 2)))
         mag3 = [stage(f"q3_mag_{i}", mag2[i], unsigned(yb)) for i in range(n)]
         neg3 = [stage(f"q3_neg_{i}", neg2[i], 1) for i in range(n)]
-        s3 = stage("q3_sig", s2, unsigned(24))
-        x3 = stage("q3_exp", x2, signed(8))
+        s3 = stage("q3_sig", s2, unsigned(SIG))
+        x3 = stage("q3_exp", x2, signed(formats.FP32_EXP_BITS))
         v3 = stage("q3_valid", v2, 1)
         e3 = stage("q3_exp_in", e2, signed(self.exp_bits))
 
@@ -260,51 +269,55 @@ class Int4Quantizer(wiring.Component):
             pos = Mux(count > self.qmax, self.qmax, count)
             negv = Mux(count > qmin_mag, qmin_mag, count)
             q = stage(f"q4_q_{i}", Mux(neg3[i], -negv, pos), signed(self.q_bits))
-            m.d.comb += self.q[i * self.q_bits:(i + 1) * self.q_bits].eq(q)
-        fp32 = Cat(s3[:23], (x3 + 23 + 127)[:8], Const(0, 1))
-        m.d.comb += [self.scale.eq(stage("q4_scale", fp32, 32)), self.q_valid.eq(stage("q4_valid", v3, 1)),
+            m.d.comb += self.q[i].eq(q)
+        frac_bits = formats.FP32_FRAC_BITS
+        fp32 = Cat(s3[:frac_bits], (x3 + frac_bits + formats.FP32_EXP_BIAS)[:formats.FP32_EXP_BITS], Const(0, 1))
+        m.d.comb += [self.scale.eq(stage("q4_scale", fp32, formats.FP32_BITS)),
+                     self.q_valid.eq(stage("q4_valid", v3, 1)),
                      self.exp_out.eq(stage("q4_exp_in", e3, signed(self.exp_bits)))]
         return m
 
     def _scale(self, m: Module, amax):
-        """Combinational (significand, exponent) of fp32(fp32(A * fp32(clip)) / 7); (2^23, -23) = 1.0 for A = 0."""
-        p1 = Signal(unsigned(self.y_bits + 24), name="q2_p1")
-        m.d.comb += p1.eq(amax * FP32_CLIP_MANTISSA)
+        """Combinational (significand, exponent) of fp32(fp32(A * fp32(clip)) / qmax); 1.0 = (2^23, -23) for A = 0."""
+        p1 = Signal(unsigned(self.y_bits + SIG), name="q2_p1")
+        m.d.comb += p1.eq(amax * formats.ACT_CLIP_FP32_SIG)
         d1 = Signal(range(len(p1) + 1), name="q2_d1")
         for i in range(len(p1)):
             with m.If(p1[i]):
-                m.d.comb += d1.eq(max(i + 1 - 24, 0))
-        m1, e1 = self._round_shift(m, "q2_m1", p1, d1, Const(0, 1), -24)
-        num = Signal(unsigned(25 + 27), name="q2_num")
-        m.d.comb += num.eq(m1 << 27)
-        quo, rem_nz = self._divide_by_7(m, num)
+                m.d.comb += d1.eq(max(i + 1 - SIG, 0))
+        m1, e1 = self._round_shift(m, "q2_m1", p1, d1, Const(0, 1), formats.ACT_CLIP_FP32_EXP)
+        num = Signal(unsigned(SIG + 1 + DIV_SHIFT), name="q2_num")
+        m.d.comb += num.eq(m1 << DIV_SHIFT)
+        quo, rem_nz = self._divide_by_const(m, num, self.qmax)
         d2 = Signal(range(len(quo) + 1), name="q2_d2")
         for i in range(len(quo)):
             with m.If(quo[i]):
-                m.d.comb += d2.eq(max(i + 1 - 24, 0))
-        m2, e2 = self._round_shift(m, "q2_m2", quo, d2, rem_nz, e1 - 27)
+                m.d.comb += d2.eq(max(i + 1 - SIG, 0))
+        m2, e2 = self._round_shift(m, "q2_m2", quo, d2, rem_nz, e1 - DIV_SHIFT)
         zero = amax == 0
-        return Mux(zero, 1 << 23, m2[:24]), Mux(zero, -23, e2)
+        frac_bits = formats.FP32_FRAC_BITS
+        return Mux(zero, 1 << frac_bits, m2[:SIG]), Mux(zero, -frac_bits, e2)
 
     @staticmethod
-    def _divide_by_7(m: Module, num):
-        """(floor(num / 7), num % 7 != 0) by restoring long division, one 3-bit remainder step per bit (a
+    def _divide_by_const(m: Module, num, divisor: int):
+        """(floor(num / divisor), num % divisor != 0) by restoring long division, one remainder step per bit (a
         constant divisor needs no general divider)."""
         width = len(num)
+        rem_bits = divisor.bit_length()
         quo = Signal(unsigned(width), name="q2_quo")
-        rem = Const(0, unsigned(3))
+        rem = Const(0, unsigned(rem_bits))
         for i in reversed(range(width)):
-            cur = Signal(unsigned(4), name=f"q2_div_{i}")
+            cur = Signal(unsigned(rem_bits + 1), name=f"q2_div_{i}")
             m.d.comb += cur.eq(Cat(num[i], rem))
-            take = cur >= 7
-            nxt = Signal(unsigned(3), name=f"q2_rem_{i}")
-            m.d.comb += [quo[i].eq(take), nxt.eq(Mux(take, cur - 7, cur))]
+            take = cur >= divisor
+            nxt = Signal(unsigned(rem_bits), name=f"q2_rem_{i}")
+            m.d.comb += [quo[i].eq(take), nxt.eq(Mux(take, cur - divisor, cur))]
             rem = nxt
         return quo, rem != 0
 
     @staticmethod
     def _round_shift(m: Module, name: str, x, d, sticky_in, e_base):
-        """x >> d rounded to nearest even (``sticky_in``: nonzero bits below x), renormalised to 24 bits:
+        """x >> d rounded to nearest even (``sticky_in``: nonzero bits below x), renormalised to SIG bits:
         returns (significand, exponent) with value significand * 2^(e_base + d)."""
         width = len(x)
         kept = Signal(unsigned(width), name=f"{name}_kept")
@@ -317,12 +330,12 @@ class Int4Quantizer(wiring.Component):
             guard.eq((xs >> d)[0]),
             below.eq(((xs & ((Const(1, unsigned(width + 2)) << d) - 1)) != 0) | sticky_in),
         ]
-        rounded = Signal(unsigned(26), name=f"{name}_rounded")
+        rounded = Signal(unsigned(ROUND_BITS), name=f"{name}_rounded")
         m.d.comb += rounded.eq(kept + (guard & (below | kept[0])))
-        over = rounded[24]
-        exp = Signal(signed(8), name=f"{name}_exp")
+        over = rounded[SIG]
+        exp = Signal(signed(formats.FP32_EXP_BITS), name=f"{name}_exp")
         m.d.comb += exp.eq(e_base + d + over)
-        return Mux(over, rounded >> 1, rounded)[:25], exp
+        return Mux(over, rounded >> 1, rounded)[:SIG + 1], exp
 
 
 class HadamardQuantUnit(wiring.Component):
@@ -349,20 +362,18 @@ class HadamardQuantUnit(wiring.Component):
         self.latency = self.had.latency + Int4Quantizer.LATENCY
         super().__init__({
             "en": In(1),
-            "x": In(unsigned(n * in_bits)),
+            "x": In(vector(signed(in_bits), n)),
             "x_valid": In(1),
             "exp_in": In(signed(exp_bits)),
-            "q": Out(unsigned(n * formats.ACT_BITS)),
-            "scale": Out(32),
+            "q": Out(vector(signed(formats.ACT_BITS), n)),
+            "scale": Out(formats.FP32_BITS),
             "q_valid": Out(1),
             "exp_out": Out(signed(exp_bits)),
         })
 
     def lanes(self) -> dict[str, tuple[int, int, bool]]:
         """Vector layout of every data port: name -> (lanes, bits per lane, signed)."""
-        return {"x": (self.n, self.in_bits, True), "x_valid": (1, 1, False), "exp_in": (1, self.exp_bits, True),
-                "q": (self.n, formats.ACT_BITS, True), "scale": (1, 32, False), "q_valid": (1, 1, False),
-                "exp_out": (1, self.exp_bits, True)}
+        return port_lanes(self)
 
     def params(self) -> dict:
         """The generator parameters of this instance (written into the Verilog header)."""

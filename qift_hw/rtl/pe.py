@@ -166,6 +166,39 @@ class Product(wiring.Component):
         return m
 
 
+class MacCore(wiring.Component):
+    """The combinational heart of every PE: ``sum = sat(acc + weight(w) * a)`` and ``over`` (that add saturated).
+
+    ``MacPE`` is this core plus its accumulator register; every cell of the PE arrays instances it with the
+    cell's own registers (the partial sum from above in WS, the stationary accumulator in OS), so the arrays are
+    built from the PE the PE tests verify. The product is a ``Product`` submodule.
+    """
+
+    def __init__(self, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
+        try:
+            fmt = pe_format(kind)
+            check_acc_bits(acc_bits, kind)
+        except QiftError:
+            silence_unused(self)
+            raise
+        self.kind, self.acc_bits, self.fmt = kind, acc_bits, fmt
+        super().__init__({
+            "a": In(signed(fmt.act_bits)),
+            "w": In(fmt.w_shape),
+            "acc": In(signed(acc_bits)),
+            "sum": Out(signed(acc_bits)),
+            "over": Out(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.prod = prod = Product(self.kind)
+        m.d.comb += [prod.a.eq(self.a), prod.w.eq(self.w)]
+        total, over = saturating_add(m, self.acc, prod.term, prod.neg, self.acc_bits)
+        m.d.comb += [self.sum.eq(total), self.over.eq(over)]
+        return m
+
+
 class MacPE(wiring.Component):
     """One MAC processing element: ``acc <= sat(acc + w * a)`` when ``en``; ``clr`` restarts the sum.
 
@@ -193,8 +226,9 @@ class MacPE(wiring.Component):
 
     def lanes(self) -> dict[str, tuple[int, int, bool]]:
         """Layout of the data ports: name -> (lanes, bits per lane, signed)."""
-        return {"a": (1, self.fmt.act_bits, True), "w": (1, self.fmt.w_shape.width, self.fmt.w_shape.signed),
-                "clr": (1, 1, False), "acc": (1, self.acc_bits, True), "ovf": (1, 1, False)}
+        from qift_hw.rtl.ports import port_lanes
+
+        return port_lanes(self)
 
     def params(self) -> dict:
         """The generator parameters of this instance (written into the Verilog header)."""
@@ -203,12 +237,10 @@ class MacPE(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.submodules.prod = prod = Product(self.kind)
-        m.d.comb += [prod.a.eq(self.a), prod.w.eq(self.w)]
-        base = Mux(self.clr, 0, self.acc)
-        nxt, over = saturating_add(m, base, prod.term, prod.neg, self.acc_bits)
+        m.submodules.core = core = MacCore(self.kind, self.acc_bits)
+        m.d.comb += [core.a.eq(self.a), core.w.eq(self.w), core.acc.eq(Mux(self.clr, 0, self.acc))]
         with m.If(self.en):
-            m.d.sync += [self.acc.eq(nxt), self.ovf.eq(~self.clr & self.ovf | over)]
+            m.d.sync += [self.acc.eq(core.sum), self.ovf.eq(~self.clr & self.ovf | core.over)]
         with m.Elif(self.clr):
             m.d.sync += [self.acc.eq(0), self.ovf.eq(0)]
         return m

@@ -159,7 +159,7 @@ def had_cycles(vectors: int, n: int, lanes: int) -> int:
     """Hadamard unit (pipelined, ``lanes`` elements per cycle): vectors * ceil(n / lanes) plus the pipeline depth.
 
     Depth = one vector's fill (the quantizer needs max|y| of the whole vector) + log2(2^k) butterfly stages
-    + 1 K stage (if K > 1) + 1 quantizer stage.
+    + 1 K stage (if K > 1) + the INT4 quantizer's ``formats.HAD_QUANT_LATENCY`` stages (as in the RTL).
     """
     from qift_hw.core.hadamard import split_order
 
@@ -167,7 +167,7 @@ def had_cycles(vectors: int, n: int, lanes: int) -> int:
         return 0
     k, p = split_order(n)
     per = math.ceil(n / lanes)
-    return vectors * per + per + (p.bit_length() - 1) + (1 if k > 1 else 0) + 1
+    return vectors * per + per + (p.bit_length() - 1) + (1 if k > 1 else 0) + formats.HAD_QUANT_LATENCY
 
 
 def had_row(name: str, vectors: int, n: int, hw: HwConfig, count: int = 1) -> Row:

@@ -22,7 +22,8 @@ from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.rtl.generate import Top, array_top, hadamard_top, pe_top, write_top
 
-TILES_FILE = Path("sim") / "data" / "smollm2_tiles.npz"
+TILES_FILE = Path("data") / "smollm2_tiles.npz"
+"""The real SmolLM2 tiles, relative to the bench folder (``simulate.sim_dir()``)."""
 
 
 @dataclass
@@ -251,11 +252,16 @@ def _random_gemm(rng: np.random.Generator, M: int, K: int, N: int, code_max: int
     return acts, rng.integers(0, code_max, (N, K))
 
 
+def tiles_path() -> Path:
+    """Where ``qift-hw rtl tiles`` writes the real SmolLM2 tiles and the suite reads them (``sim/data/``)."""
+    from qift_hw.verify.simulate import sim_dir
+
+    return sim_dir() / TILES_FILE
+
+
 def load_tiles(path: Path | None = None) -> dict | None:
     """The real SmolLM2 tiles written by ``qift-hw rtl tiles`` (None if the file is absent)."""
-    from qift_hw.verify.simulate import repo_root
-
-    p = Path(path) if path else repo_root() / TILES_FILE
+    p = Path(path) if path else tiles_path()
     if not p.exists():
         return None
     with np.load(p, allow_pickle=False) as z:

@@ -56,17 +56,18 @@ def unpack_rows(rows: list[int], name: str, lanes: dict) -> np.ndarray:
 
 def replay_amaranth(dut, trace: dict, reset_at: int | None = None,
                     compare_when: dict[str, str] | None = None) -> tuple[dict, list[str]]:
-    """Replay ``trace`` on an Amaranth component in Amaranth's simulator.
+    """Replay ``trace`` on an Amaranth component in Amaranth's simulator (vector ports driven and read flat).
 
     ``reset_at``: after that many cycles, hold the synchronous reset for one cycle (inputs still driven, so
     the reset must win), then replay the whole trace again from cycle 0. ``compare_when`` {output: valid port}
     compares that output only in cycles where the trace's valid port is 1 (every cycle otherwise).
     Returns (observed packed outputs per replayed cycle, mismatch messages).
     """
-    from amaranth.hdl import ClockDomain, Module
+    from amaranth.hdl import ClockDomain, Module, Value
     from amaranth.sim import Simulator
 
     lanes, inputs, outputs = port_plan(dut)
+    flat = {k: Value.cast(getattr(dut, k)) for k in lanes}
     packed = packed_trace(trace, lanes)
     when = compare_when or {}
     rows = list(range(len(packed["en"])))
@@ -84,9 +85,9 @@ def replay_amaranth(dut, trace: dict, reset_at: int | None = None,
                 continue
             ctx.set(dut.en, packed["en"][t])
             for k in inputs:
-                ctx.set(getattr(dut, k), packed[k][t])
+                ctx.set(flat[k], packed[k][t])
             for k in outputs:
-                sig = getattr(dut, k)
+                sig = flat[k]
                 got = ctx.get(sig) & ((1 << len(sig)) - 1)
                 observed[k].append(got)
                 if k in when and not packed[when[k]][t]:

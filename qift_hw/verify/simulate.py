@@ -27,19 +27,37 @@ VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTH"]
 BUILD_ROOT = Path("sim_build")
 CONFIG_ENV = "QIFT_BENCH_DIR"
 RUNTIME_CACHE = "_runtime"
+SIM_DIR_ENV = "QIFT_SIM_DIR"
+"""Setting naming the folder of the cocotb benches (the checkout's top-level ``sim/``)."""
+BENCH_MARKER = "bench_replay.py"
+"""The bench every verification case runs; a folder holding it is a bench folder."""
 
 
-def repo_root() -> Path:
-    """The checkout holding ``qift_hw`` (and ``sim/``): the benches are files of the repository, not the package."""
-    return Path(__file__).resolve().parents[2]
+def _bench_candidates() -> list[Path]:
+    """Where the benches may be, in order: ``sim/`` of the checkout this package was imported from (an editable
+    install), then ``sim/`` of the current directory or the nearest parent that has one."""
+    here = Path.cwd().resolve()
+    return [Path(__file__).resolve().parents[2] / "sim"] + [d / "sim" for d in (here, *here.parents)]
 
 
-def bench_dir() -> Path:
-    """Folder of the cocotb test modules."""
-    path = repo_root() / "sim"
-    if not (path / "bench_replay.py").exists():
-        raise QiftError(f"cocotb benches not found in {path}; run from a qift-hw checkout (pip install -e .)")
-    return path
+def sim_dir() -> Path:
+    """Folder of the cocotb benches and their data (``sim/`` of a qift-hw checkout).
+
+    ``$QIFT_SIM_DIR`` names it explicitly; without it, the checkout of the imported package comes first, then the
+    current directory and its parents. The benches are files of the repository, not of the installed package.
+    """
+    env = os.environ.get(SIM_DIR_ENV)
+    if env:
+        path = Path(env).expanduser().resolve()
+        if not (path / BENCH_MARKER).exists():
+            raise QiftError(f"{SIM_DIR_ENV}={env} holds no {BENCH_MARKER}; point it at the sim/ folder of a "
+                            "qift-hw checkout")
+        return path
+    for path in _bench_candidates():
+        if (path / BENCH_MARKER).exists():
+            return path
+    raise QiftError(f"cocotb benches ({BENCH_MARKER}) not found beside the package or above {Path.cwd()}; run "
+                    f"from a qift-hw checkout or set {SIM_DIR_ENV} to its sim/ folder")
 
 
 def verilator_bin_dir() -> Path | None:
@@ -145,7 +163,7 @@ def _fix_pch_flag() -> None:
 
 def run_bench(sim: str, verilog: Path, top: str, bench: str, stimulus: dict, *, build_root: Path = BUILD_ROOT,
               tag: str = "run", testcase: str | None = None) -> BenchRun:
-    """Run cocotb test module ``bench`` (a file in ``sim/``) on ``top``; ``stimulus`` is written for the bench.
+    """Run cocotb test module ``bench`` (a file in ``sim_dir()``) on ``top``; ``stimulus`` is written for the bench.
 
     ``stimulus`` maps names to JSON-able values or numpy arrays; the bench finds them in the folder named by
     ``$QIFT_BENCH_DIR`` (``config.json`` + ``arrays.npz``) and writes ``summary.json`` there.
@@ -163,9 +181,9 @@ def run_bench(sim: str, verilog: Path, top: str, bench: str, stimulus: dict, *, 
     config = {k: v for k, v in stimulus.items() if not isinstance(v, np.ndarray)}
     (test_dir / "config.json").write_text(json.dumps(config))
     np.savez(test_dir / "arrays.npz", **arrays)
-    sim_dir = str(bench_dir())
-    if sim_dir not in sys.path:
-        sys.path.insert(0, sim_dir)
+    benches = str(sim_dir())
+    if benches not in sys.path:
+        sys.path.insert(0, benches)
     runner = get_runner(sim)
     t0 = time.perf_counter()
     message = ""
