@@ -113,7 +113,7 @@ def save_quantized(path: str | Path, qm: QuantizedModel, model_id: str = "") -> 
             tensors[key] = value.detach().cpu().contiguous()
     meta = {
         "hf_config": model.config.to_json_string(use_diff=False),
-        "rotation": json.dumps(qm.rotation),
+        "rotation": qm.rotation,
         "quant_config": qm.config.to_dict(),
         "linears": linears,
         "w2_layers": qm.w2_layers,
