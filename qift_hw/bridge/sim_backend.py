@@ -14,7 +14,7 @@ from typing import Any, Iterator
 SIM_ATTR = "_qift_sim"
 BACKENDS = ("torch", "int", "sim")
 """Evaluation backends of the W2 linears: torch = fake-quant (dequantized FP32 product, the pipeline's default),
-int = PyTorch with exact integer products (`pipeline.set_integer_products`), sim = the bit-accurate Numba model."""
+int = PyTorch with exact integer products (`quantized.set_integer_products`), sim = the bit-accurate Numba model."""
 
 
 def eval_backend(name: str, hadamard: str = "unit", acc_bits: int | None = None, overflow: str = "saturate"):
