@@ -75,10 +75,10 @@ def test_estimate_regenerates_the_committed_numbers(estimate_run):
     old = json.loads((RESULTS / "estimate_smollm2_32x32_ws.json").read_text())
     check_provenance(new["provenance"], "estimate", "--seqlen")
     assert new["reports"]["w2_decode"]["hw"]["dram_gbps"] == 16.0
-    for key in ("w2_prefill", "w4_decode", "w8_prefill"):
-        lin = [r for r in new["reports"][key]["rows"] if r["kind"] == "linear"]
-        assert lin == [r for r in old["reports"][key]["rows"] if r["kind"] == "linear"]
-    assert new["pe_area"]["per_format"] == old["pe_area"]["per_format"]
+    for d in (new, old):
+        d.pop("provenance")
+        d["pe_area"].pop("source")
+    assert new == old
     with open(path.with_suffix(".csv")) as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["weights"], r["phase"]) for r in rows] == [(f, p) for f in ("w2", "w4", "w8")
@@ -104,7 +104,9 @@ def test_levels_and_diagram_default_to_run_folders(tmp_path):
     assert res.returncode == 0, res.stderr
     new = json.loads((tmp_path / "runs" / "levels" / "default" / "levels.json").read_text())
     check_provenance(new.pop("provenance"), "levels")
-    assert new == json.loads((RESULTS / "levels.json").read_text())
+    old = json.loads((RESULTS / "levels.json").read_text())
+    old.pop("provenance", None)
+    assert new == old
     with open(tmp_path / "runs" / "levels" / "default" / "levels.csv") as fh:
         names = [r["name"] for r in csv.DictReader(fh)]
     assert names[:7] == ["std", "asym", "pm12", "mnz", "pot_mnz", "lloyd", "nf2"]
