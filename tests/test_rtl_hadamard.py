@@ -171,3 +171,17 @@ def test_measured_latency_is_the_one_the_cycle_model_counts(n):
     measured = first_valid(unit, unit.x, unit.x_valid, unit.q_valid, n)
     assert measured == [(p.bit_length() - 1) + (K > 1) + 4]
     assert had_cycles(1, n, n) == 1 + 1 + measured[0]
+
+
+def test_fp32_fields_the_quantizer_uses():
+    """The named FP32 constants rebuild numpy's own bit patterns: 1.5 = 0x3FC00000 and fp32(0.9) from its
+    significand and exponent; the clip's significand is a normal 24-bit one."""
+    s, e = formats.fp32_significand(1.5)
+    bits = ((e + formats.FP32_FRAC_BITS + formats.FP32_EXP_BIAS) << formats.FP32_FRAC_BITS) | (
+        s & ((1 << formats.FP32_FRAC_BITS) - 1))
+    assert bits == 0x3FC00000 == int(np.array(1.5, np.float32).view(np.uint32))
+    assert formats.FP32_BITS == 32 and (s, e) == (3 << 22, -23)
+    clip_s, clip_e = formats.ACT_CLIP_FP32_SIG, formats.ACT_CLIP_FP32_EXP
+    assert 2**23 <= clip_s < 2**24
+    assert np.float32(clip_s * 2.0**clip_e) == np.float32(formats.ACT_CLIP)
+    assert (clip_s, clip_e) == (15099494, -24)

@@ -166,6 +166,17 @@ class Product(wiring.Component):
         return m
 
 
+def checked_format(component, kind: str, acc_bits: int) -> PEFormat:
+    """``pe_format(kind)`` once ``acc_bits`` can hold its products; a rejected ``component`` is silenced first."""
+    try:
+        fmt = pe_format(kind)
+        check_acc_bits(acc_bits, kind)
+    except QiftError:
+        silence_unused(component)
+        raise
+    return fmt
+
+
 class MacCore(wiring.Component):
     """The combinational heart of every PE: ``sum = sat(acc + weight(w) * a)`` and ``over`` (that add saturated).
 
@@ -175,12 +186,7 @@ class MacCore(wiring.Component):
     """
 
     def __init__(self, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
-        try:
-            fmt = pe_format(kind)
-            check_acc_bits(acc_bits, kind)
-        except QiftError:
-            silence_unused(self)
-            raise
+        fmt = checked_format(self, kind, acc_bits)
         self.kind, self.acc_bits, self.fmt = kind, acc_bits, fmt
         super().__init__({
             "a": In(signed(fmt.act_bits)),
@@ -208,12 +214,7 @@ class MacPE(wiring.Component):
     """
 
     def __init__(self, kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS):
-        try:
-            fmt = pe_format(kind)
-            check_acc_bits(acc_bits, kind)
-        except QiftError:
-            silence_unused(self)
-            raise
+        fmt = checked_format(self, kind, acc_bits)
         self.kind, self.acc_bits, self.fmt = kind, acc_bits, fmt
         super().__init__({
             "a": In(signed(fmt.act_bits)),

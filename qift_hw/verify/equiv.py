@@ -6,6 +6,11 @@ name (the registers of the protocol keep their names across a refactor), ``equiv
 the same way, ``equiv_simple -seq`` proves each pair on its cone (looking back a few cycles) and ``equiv_induct``
 proves the remaining sequential pairs by induction over all of them at once. Equal means every pair is proven:
 same outputs in every cycle from any common state of the paired registers (so in particular from reset).
+
+Pairing Amaranth's numbered temporaries too (``$5``, ``w$28``) makes nearly identical netlists quick to prove but
+fails on unrelated temporaries of the same name, so a check first pairs every name and, if some pair is left
+unproven, runs again pairing named signals only. Either way only proven pairs count: extra pairs cannot make
+different designs pass.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class EquivResult:
     cells: int
     proven: int
     seconds: float
+    numbered_paired: bool = False
+    """Whether the proof paired the numbered temporaries too (the first, quicker attempt)."""
 
     @property
     def equivalent(self) -> bool:
@@ -38,18 +45,18 @@ class EquivResult:
         return self.cells > 0 and self.proven == self.cells
 
 
-def _load(path: Path, top: str, name: str) -> list[str]:
-    """Commands reading one design into its own stash. Names with a ``$`` (Amaranth's and Yosys' numbered
-    temporaries) are made private and renumbered apart, so equiv_make pairs only named signals (ports, the
-    protocol's registers), never two unrelated temporaries that happen to share a number."""
-    return [f"read_verilog {path}", f"hierarchy -check -top {top}", "proc", "flatten", "opt_clean",
-            f"rename -hide {top}/w:*\\$*", f"rename -enumerate -pattern ${name}_% {top}", f"rename {top} {name}",
-            f"design -stash {name}_design"]
+def _load(path: Path, top: str, name: str, pair_numbered: bool) -> list[str]:
+    """Commands reading one design into its own stash. Unless ``pair_numbered``, names with a ``$`` (Amaranth's
+    and Yosys' numbered temporaries) are made private and renumbered apart, so equiv_make pairs only named signals
+    (ports, the protocol's registers), never two unrelated temporaries that happen to share a number."""
+    hide = [] if pair_numbered else [f"rename -hide {top}/w:*\\$*", f"rename -enumerate -pattern ${name}_% {top}"]
+    return [f"read_verilog {path}", f"hierarchy -check -top {top}", "proc", "flatten", "opt_clean", *hide,
+            f"rename {top} {name}", f"design -stash {name}_design"]
 
 
-def equiv_script(gold: Path, gate: Path, top: str, seq: int = SEQ_DEPTH) -> str:
+def equiv_script(gold: Path, gate: Path, top: str, seq: int = SEQ_DEPTH, pair_numbered: bool = False) -> str:
     """The Yosys commands proving ``gate`` (Verilog file) equal to ``gold``, both with top module ``top``."""
-    lines = _load(gold, top, "gold") + _load(gate, top, "gate") + [
+    lines = _load(gold, top, "gold", pair_numbered) + _load(gate, top, "gate", pair_numbered) + [
         "design -copy-from gold_design -as gold gold", "design -copy-from gate_design -as gate gate",
         "equiv_make gold gate equiv", "hierarchy -top equiv", "equiv_struct", f"equiv_simple -seq {seq}",
         "equiv_induct", "equiv_status",
@@ -59,15 +66,25 @@ def equiv_script(gold: Path, gate: Path, top: str, seq: int = SEQ_DEPTH) -> str:
 
 def check_equivalent(gold: Path | str, gate: Path | str, top: str, yosys: list[str] | None = None,
                      seq: int = SEQ_DEPTH) -> EquivResult:
-    """Prove the design in Verilog file ``gate`` equal to the one in ``gold`` (same top module name)."""
-    import time
-
+    """Prove the design in Verilog file ``gate`` equal to the one in ``gold`` (same top module name): first pairing
+    every name, then, if that leaves a pair unproven, pairing named signals only."""
     from qift_hw.rtl.area import find_yosys
 
     cmd = yosys or find_yosys()
+    quick = _run_check(gold, gate, top, cmd, seq, pair_numbered=True)
+    if quick.equivalent:
+        return quick
+    full = _run_check(gold, gate, top, cmd, seq, pair_numbered=False)
+    return EquivResult(full.top, full.cells, full.proven, quick.seconds + full.seconds)
+
+
+def _run_check(gold: Path | str, gate: Path | str, top: str, cmd: list[str], seq: int,
+               pair_numbered: bool) -> EquivResult:
+    import time
+
     with tempfile.TemporaryDirectory(prefix="qift_equiv_") as tmp:
         script = Path(tmp) / "equiv.ys"
-        script.write_text(equiv_script(Path(gold).resolve(), Path(gate).resolve(), top, seq))
+        script.write_text(equiv_script(Path(gold).resolve(), Path(gate).resolve(), top, seq, pair_numbered))
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd + ["-q", "-l", str(Path(tmp) / "log"), "-s", str(script)], capture_output=True,
@@ -84,7 +101,8 @@ def check_equivalent(gold: Path | str, gate: Path | str, top: str, yosys: list[s
     if not found:
         raise QiftError(f"Yosys equivalence log of {top} has no $equiv count; is this Yosys 0.9 or newer?")
     cells = int(found[-1])
-    return EquivResult(top, cells, int(proven[-1][0]) if proven else cells, time.perf_counter() - t0)
+    return EquivResult(top, cells, int(proven[-1][0]) if proven else cells, time.perf_counter() - t0,
+                       pair_numbered)
 
 
 REFERENCE_DIR = Path("data") / "rtl_reference"
