@@ -17,3 +17,15 @@ def smollm2():
     from qift_hw.algo.models import load_model
 
     return load_model(None)
+
+
+@pytest.fixture(scope="session")
+def yosys():
+    """Command prefix of a Yosys that can synthesise (the area and equivalence tests skip without one)."""
+    from qift_hw.core.errors import QiftError
+    from qift_hw.rtl.area import find_yosys
+
+    try:
+        return find_yosys()
+    except QiftError as exc:
+        pytest.skip(str(exc))

@@ -4,19 +4,8 @@ scripts `rtl generate` writes beside the Verilog giving the same counts as `qift
 import re
 import subprocess
 
-import pytest
-
-from qift_hw.core.errors import QiftError
-from qift_hw.rtl.area import find_yosys, synthesise
+from qift_hw.rtl.area import synthesise
 from qift_hw.rtl.generate import pe_top, verilog_text, write_top
-
-
-@pytest.fixture(scope="module")
-def yosys():
-    try:
-        return find_yosys()
-    except QiftError as exc:
-        pytest.skip(str(exc))
 
 
 GATES = """

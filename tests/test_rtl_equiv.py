@@ -8,22 +8,14 @@ from pathlib import Path
 import pytest
 
 from qift_hw.core.errors import QiftError
-from qift_hw.rtl.area import find_yosys
 from qift_hw.rtl.generate import Top, pe_top, write_top
 from qift_hw.rtl.pe import MacPE
-from qift_hw.verify.equiv import REFERENCE_TOPS, check_against_reference, check_equivalent, reference_dir, top_for
+from qift_hw.verify.equiv import (REFERENCE_TOPS, check_against_reference, check_equivalent, reference_dir,
+                                  top_for)
 
 REFERENCE = Path(__file__).resolve().parents[1] / "sim" / "data" / "rtl_reference"
 QUICK = {"qift_pe_pot_mnz_a32", "qift_pe_int8_a32", "qift_array_ws_2x3_pot_mnz_a32", "qift_array_os_3x2_std_a20"}
 """Checked in the fast suite (seconds each); the rest under `make test-slow`."""
-
-
-@pytest.fixture(scope="module")
-def yosys():
-    try:
-        return find_yosys()
-    except QiftError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow)
