@@ -26,7 +26,7 @@ HAD_TOKENS = 4
 
 
 def export_tiles(path: Path, layer: int = 3, tokens: int = 16, checkpoint: Path | None = None,
-                 calib_windows: int = 2, seqlen: int = 256, level_set: str = "pot_mnz") -> Path:
+                 calib_windows: int = 2, seqlen: int = 256, level_set: str = formats.HW_LEVEL_SET) -> Path:
     """Write ``path`` (.npz) with acts int8 [tokens, K], codes uint8 [64, K], had_in int32 [vectors, head_dim]
     and a ``source`` string describing where they come from."""
     import torch

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from qift_hw.core.errors import QiftError
+from qift_hw.core.formats import HW_LEVEL_SET
 from qift_hw.core.levels import LevelSet, fit_params, get_level_set, pack_codes, quantize, unpack_codes
 
 
@@ -62,7 +63,7 @@ def _table_of(ls: LevelSet) -> torch.Tensor:
     return torch.as_tensor(ls.level_of_code, dtype=torch.float32)
 
 
-def from_codes(codes: torch.Tensor, scale: torch.Tensor, level_set: str | LevelSet = "pot_mnz",
+def from_codes(codes: torch.Tensor, scale: torch.Tensor, level_set: str | LevelSet = HW_LEVEL_SET,
                scale_dtype: torch.dtype = torch.float16) -> PackedW2:
     """Pack uint8 codes [N, K] (values 0..3) and per-row scales [N] or [N, 1]."""
     ls = get_level_set(level_set)
@@ -79,7 +80,7 @@ def from_codes(codes: torch.Tensor, scale: torch.Tensor, level_set: str | LevelS
                     table.to(codes.device), K, ls.name)
 
 
-def pack_weight(W: torch.Tensor, level_set: str | LevelSet = "pot_mnz", method: str = "mse",
+def pack_weight(W: torch.Tensor, level_set: str | LevelSet = HW_LEVEL_SET, method: str = "mse",
                 scale_dtype: torch.dtype = torch.float16) -> PackedW2:
     """Quantize a float weight [N, K] with per-row scales (``levels.fit_params``) and pack it."""
     ls = get_level_set(level_set)
@@ -90,7 +91,7 @@ def pack_weight(W: torch.Tensor, level_set: str | LevelSet = "pot_mnz", method: 
     return from_codes(codes, params.scale.reshape(-1), ls, scale_dtype)
 
 
-def random_packed(N: int, K: int, level_set: str | LevelSet = "pot_mnz", device: str | torch.device = "cpu",
+def random_packed(N: int, K: int, level_set: str | LevelSet = HW_LEVEL_SET, device: str | torch.device = "cpu",
                   seed: int = 0, scale_dtype: torch.dtype = torch.float16) -> PackedW2:
     """Uniformly random codes (drawn as random bytes, on ``device``) and scales, for benchmarks and tests."""
     if K % 4:

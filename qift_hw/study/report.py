@@ -15,10 +15,8 @@ from pathlib import Path
 
 from qift_hw.core.errors import QiftError
 from qift_hw.core.io import save_figure, write_json, write_text
+from qift_hw.core.levels import TWO_BIT_SETS
 from qift_hw.core.provenance import provenance, provenance_line, write_csv
-
-TWO_BIT_ORDER = ("std", "asym", "pm12", "mnz", "pot_mnz", "lloyd", "nf2")
-
 
 def _fmt(x, digits: int = 2) -> str:
     if x is None:
@@ -55,7 +53,7 @@ def markdown_rows(rows: list[dict]) -> str:
 
 def pivot_table(rows: list[dict]) -> str:
     """Level sets down, (setting, method) across: the paper-style perplexity grid of the quantized runs."""
-    quant = [r for r in rows if r["kind"] == "quant" and r.get("levels") in TWO_BIT_ORDER]
+    quant = [r for r in rows if r["kind"] == "quant" and r.get("levels") in TWO_BIT_SETS]
     cols: list[tuple[str, str]] = []
     for r in quant:
         key = (setting_of(r), r["method"])
@@ -66,7 +64,7 @@ def pivot_table(rows: list[dict]) -> str:
     settings = list(dict.fromkeys(c[0] for c in cols))
     cols.sort(key=lambda c: (settings.index(c[0]), {"rtn": 0, "gptq": 1}.get(c[1], 2)))
     cells = {(r["levels"], setting_of(r), r["method"]): r["ppl"] for r in quant}
-    levels = [ls for ls in TWO_BIT_ORDER if any(k[0] == ls for k in cells)]
+    levels = [ls for ls in TWO_BIT_SETS if any(k[0] == ls for k in cells)]
     head = "| level set | " + " | ".join(f"{s} {m.upper()}" for s, m in cols) + " |\n"
     head += "|---|" + "---:|" * len(cols) + "\n"
     body = []
