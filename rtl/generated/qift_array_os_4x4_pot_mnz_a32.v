@@ -12,232 +12,156 @@
 
 module qift_array_os_4x4_pot_mnz_a32(drain, a_in, w_in, clk, rst, out, ovf_out, out_valid, en);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
-  wire [7:0] \$1 ;
-  wire [7:0] \$10 ;
-  wire [31:0] \$100 ;
-  wire [31:0] \$101 ;
-  wire \$102 ;
-  wire \$103 ;
-  wire \$104 ;
-  wire [31:0] \$105 ;
-  wire [31:0] \$106 ;
-  wire \$107 ;
-  wire \$108 ;
-  wire \$109 ;
-  wire [32:0] \$11 ;
-  wire [31:0] \$110 ;
-  wire [31:0] \$111 ;
-  wire \$112 ;
-  wire \$113 ;
-  wire \$114 ;
-  wire [31:0] \$115 ;
-  wire [31:0] \$116 ;
-  wire \$117 ;
-  wire \$118 ;
-  wire \$119 ;
-  wire [33:0] \$12 ;
-  wire [31:0] \$120 ;
-  wire [31:0] \$121 ;
-  wire \$122 ;
-  wire \$123 ;
-  wire \$124 ;
-  wire [31:0] \$125 ;
-  wire [31:0] \$126 ;
-  wire \$127 ;
-  wire \$128 ;
-  reg [31:0] \$129 ;
-  wire [7:0] \$13 ;
-  reg \$130 ;
-  reg [3:0] \$131 ;
-  reg [1:0] \$132 ;
-  reg [31:0] \$133 ;
-  reg \$134 ;
-  reg [3:0] \$135 ;
-  reg [1:0] \$136 ;
-  reg [31:0] \$137 ;
-  reg \$138 ;
-  reg [3:0] \$139 ;
-  wire [32:0] \$14 ;
-  reg [1:0] \$140 ;
-  reg [31:0] \$141 ;
-  reg \$142 ;
-  reg [3:0] \$143 ;
-  reg [1:0] \$144 ;
-  reg [31:0] \$145 ;
-  reg \$146 ;
-  reg [3:0] \$147 ;
-  reg [1:0] \$148 ;
-  reg [31:0] \$149 ;
-  wire [33:0] \$15 ;
-  reg \$150 ;
-  reg [3:0] \$151 ;
-  reg [1:0] \$152 ;
-  reg [31:0] \$153 ;
-  reg \$154 ;
-  reg [3:0] \$155 ;
-  reg [1:0] \$156 ;
-  reg [31:0] \$157 ;
-  reg \$158 ;
-  reg [3:0] \$159 ;
-  wire [7:0] \$16 ;
-  reg [1:0] \$160 ;
-  reg [31:0] \$161 ;
-  reg \$162 ;
-  reg [3:0] \$163 ;
-  reg [1:0] \$164 ;
-  reg [31:0] \$165 ;
-  reg \$166 ;
-  reg [3:0] \$167 ;
-  reg [1:0] \$168 ;
-  reg [31:0] \$169 ;
-  wire [32:0] \$17 ;
-  reg \$170 ;
-  reg [3:0] \$171 ;
-  reg [1:0] \$172 ;
-  reg [31:0] \$173 ;
-  reg \$174 ;
-  reg [3:0] \$175 ;
-  reg [1:0] \$176 ;
-  reg [31:0] \$177 ;
-  reg \$178 ;
-  reg [3:0] \$179 ;
-  wire [33:0] \$18 ;
-  reg [1:0] \$180 ;
-  reg [31:0] \$181 ;
-  reg \$182 ;
-  reg [3:0] \$183 ;
-  reg [1:0] \$184 ;
-  reg [31:0] \$185 ;
-  reg \$186 ;
-  reg [3:0] \$187 ;
-  reg [1:0] \$188 ;
-  reg [31:0] \$189 ;
-  wire [7:0] \$19 ;
-  reg \$190 ;
-  reg [3:0] \$191 ;
-  reg [1:0] \$192 ;
-  wire [32:0] \$2 ;
-  wire [32:0] \$20 ;
-  wire [33:0] \$21 ;
-  wire [7:0] \$22 ;
-  wire [32:0] \$23 ;
-  wire [33:0] \$24 ;
-  wire [7:0] \$25 ;
-  wire [32:0] \$26 ;
-  wire [33:0] \$27 ;
-  wire [7:0] \$28 ;
-  wire [32:0] \$29 ;
-  wire [33:0] \$3 ;
-  wire [33:0] \$30 ;
-  wire [7:0] \$31 ;
-  wire [32:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [7:0] \$34 ;
-  wire [32:0] \$35 ;
-  wire [33:0] \$36 ;
-  wire [7:0] \$37 ;
-  wire [32:0] \$38 ;
-  wire [33:0] \$39 ;
-  wire [7:0] \$4 ;
-  wire [7:0] \$40 ;
-  wire [32:0] \$41 ;
-  wire [33:0] \$42 ;
-  wire [7:0] \$43 ;
-  wire [32:0] \$44 ;
-  wire [33:0] \$45 ;
-  wire [7:0] \$46 ;
-  wire [32:0] \$47 ;
-  wire [33:0] \$48 ;
-  wire \$49 ;
-  wire [32:0] \$5 ;
-  wire [31:0] \$50 ;
-  wire [31:0] \$51 ;
-  wire \$52 ;
-  wire \$53 ;
-  wire \$54 ;
-  wire [31:0] \$55 ;
-  wire [31:0] \$56 ;
-  wire \$57 ;
-  wire \$58 ;
-  wire \$59 ;
-  wire [33:0] \$6 ;
-  wire [31:0] \$60 ;
-  wire [31:0] \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire \$64 ;
-  wire [31:0] \$65 ;
-  wire [31:0] \$66 ;
-  wire \$67 ;
-  wire \$68 ;
-  wire \$69 ;
-  wire [7:0] \$7 ;
-  wire [31:0] \$70 ;
-  wire [31:0] \$71 ;
-  wire \$72 ;
-  wire \$73 ;
-  wire \$74 ;
-  wire [31:0] \$75 ;
-  wire [31:0] \$76 ;
-  wire \$77 ;
-  wire \$78 ;
-  wire \$79 ;
-  wire [32:0] \$8 ;
-  wire [31:0] \$80 ;
-  wire [31:0] \$81 ;
-  wire \$82 ;
-  wire \$83 ;
-  wire \$84 ;
-  wire [31:0] \$85 ;
-  wire [31:0] \$86 ;
-  wire \$87 ;
-  wire \$88 ;
-  wire \$89 ;
-  wire [33:0] \$9 ;
-  wire [31:0] \$90 ;
-  wire [31:0] \$91 ;
-  wire \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire [31:0] \$95 ;
-  wire [31:0] \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  reg [31:0] \$17 ;
+  reg \$18 ;
+  reg [3:0] \$19 ;
+  wire \$2 ;
+  reg [1:0] \$20 ;
+  reg [31:0] \$21 ;
+  reg \$22 ;
+  reg [3:0] \$23 ;
+  reg [1:0] \$24 ;
+  reg [31:0] \$25 ;
+  reg \$26 ;
+  reg [3:0] \$27 ;
+  reg [1:0] \$28 ;
+  reg [31:0] \$29 ;
+  wire \$3 ;
+  reg \$30 ;
+  reg [3:0] \$31 ;
+  reg [1:0] \$32 ;
+  reg [31:0] \$33 ;
+  reg \$34 ;
+  reg [3:0] \$35 ;
+  reg [1:0] \$36 ;
+  reg [31:0] \$37 ;
+  reg \$38 ;
+  reg [3:0] \$39 ;
+  wire \$4 ;
+  reg [1:0] \$40 ;
+  reg [31:0] \$41 ;
+  reg \$42 ;
+  reg [3:0] \$43 ;
+  reg [1:0] \$44 ;
+  reg [31:0] \$45 ;
+  reg \$46 ;
+  reg [3:0] \$47 ;
+  reg [1:0] \$48 ;
+  reg [31:0] \$49 ;
+  wire \$5 ;
+  reg \$50 ;
+  reg [3:0] \$51 ;
+  reg [1:0] \$52 ;
+  reg [31:0] \$53 ;
+  reg \$54 ;
+  reg [3:0] \$55 ;
+  reg [1:0] \$56 ;
+  reg [31:0] \$57 ;
+  reg \$58 ;
+  reg [3:0] \$59 ;
+  wire \$6 ;
+  reg [1:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg \$62 ;
+  reg [3:0] \$63 ;
+  reg [1:0] \$64 ;
+  reg [31:0] \$65 ;
+  reg \$66 ;
+  reg [3:0] \$67 ;
+  reg [1:0] \$68 ;
+  reg [31:0] \$69 ;
+  wire \$7 ;
+  reg \$70 ;
+  reg [3:0] \$71 ;
+  reg [1:0] \$72 ;
+  reg [31:0] \$73 ;
+  reg \$74 ;
+  reg [3:0] \$75 ;
+  reg [1:0] \$76 ;
+  reg [31:0] \$77 ;
+  reg \$78 ;
+  reg [3:0] \$79 ;
+  wire \$8 ;
+  reg [1:0] \$80 ;
+  wire \$9 ;
   wire [3:0] a;
-  reg [3:0] \a$101  = 4'h0;
-  wire [3:0] \a$110 ;
-  reg [3:0] \a$118  = 4'h0;
-  reg [3:0] \a$127  = 4'h0;
-  reg [3:0] \a$136  = 4'h0;
-  reg [3:0] \a$16  = 4'h0;
-  reg [3:0] \a$24  = 4'h0;
-  reg [3:0] \a$32  = 4'h0;
-  wire [3:0] \a$40 ;
-  reg [3:0] \a$48  = 4'h0;
-  reg [3:0] \a$57  = 4'h0;
-  reg [3:0] \a$66  = 4'h0;
-  wire [3:0] \a$75 ;
-  reg [3:0] \a$83  = 4'h0;
-  reg [3:0] \a$92  = 4'h0;
+  reg [3:0] \a$13  = 4'h0;
+  reg [3:0] \a$18  = 4'h0;
+  reg [3:0] \a$23  = 4'h0;
+  wire [3:0] \a$28 ;
+  reg [3:0] \a$33  = 4'h0;
+  reg [3:0] \a$39  = 4'h0;
+  reg [3:0] \a$45  = 4'h0;
+  wire [3:0] \a$51 ;
+  reg [3:0] \a$56  = 4'h0;
+  reg [3:0] \a$62  = 4'h0;
+  reg [3:0] \a$68  = 4'h0;
+  wire [3:0] \a$74 ;
+  reg [3:0] \a$79  = 4'h0;
+  reg [3:0] \a$85  = 4'h0;
+  reg [3:0] \a$91  = 4'h0;
   input [15:0] a_in;
   wire [15:0] a_in;
-  reg [31:0] acc_0_0 = 32'd0;
-  reg [31:0] acc_0_1 = 32'd0;
-  reg [31:0] acc_0_2 = 32'd0;
-  reg [31:0] acc_0_3 = 32'd0;
-  reg [31:0] acc_1_0 = 32'd0;
-  reg [31:0] acc_1_1 = 32'd0;
-  reg [31:0] acc_1_2 = 32'd0;
-  reg [31:0] acc_1_3 = 32'd0;
-  reg [31:0] acc_2_0 = 32'd0;
-  reg [31:0] acc_2_1 = 32'd0;
-  reg [31:0] acc_2_2 = 32'd0;
-  reg [31:0] acc_2_3 = 32'd0;
-  reg [31:0] acc_3_0 = 32'd0;
-  reg [31:0] acc_3_1 = 32'd0;
-  reg [31:0] acc_3_2 = 32'd0;
-  reg [31:0] acc_3_3 = 32'd0;
+  wire [3:0] \a_in[0] ;
+  wire [3:0] \a_in[1] ;
+  wire [3:0] \a_in[2] ;
+  wire [3:0] \a_in[3] ;
+  reg [31:0] acc = 32'd0;
+  reg [31:0] \acc$16  = 32'd0;
+  reg [31:0] \acc$21  = 32'd0;
+  reg [31:0] \acc$26  = 32'd0;
+  reg [31:0] \acc$31  = 32'd0;
+  reg [31:0] \acc$37  = 32'd0;
+  reg [31:0] \acc$43  = 32'd0;
+  reg [31:0] \acc$49  = 32'd0;
+  reg [31:0] \acc$54  = 32'd0;
+  reg [31:0] \acc$60  = 32'd0;
+  reg [31:0] \acc$66  = 32'd0;
+  reg [31:0] \acc$72  = 32'd0;
+  reg [31:0] \acc$77  = 32'd0;
+  reg [31:0] \acc$83  = 32'd0;
+  reg [31:0] \acc$89  = 32'd0;
+  reg [31:0] \acc$95  = 32'd0;
+  (* init = 32'd0 *)
+  wire [31:0] acc_0_0;
+  (* init = 32'd0 *)
+  wire [31:0] acc_0_1;
+  (* init = 32'd0 *)
+  wire [31:0] acc_0_2;
+  (* init = 32'd0 *)
+  wire [31:0] acc_0_3;
+  (* init = 32'd0 *)
+  wire [31:0] acc_1_0;
+  (* init = 32'd0 *)
+  wire [31:0] acc_1_1;
+  (* init = 32'd0 *)
+  wire [31:0] acc_1_2;
+  (* init = 32'd0 *)
+  wire [31:0] acc_1_3;
+  (* init = 32'd0 *)
+  wire [31:0] acc_2_0;
+  (* init = 32'd0 *)
+  wire [31:0] acc_2_1;
+  (* init = 32'd0 *)
+  wire [31:0] acc_2_2;
+  (* init = 32'd0 *)
+  wire [31:0] acc_2_3;
+  (* init = 32'd0 *)
+  wire [31:0] acc_3_0;
+  (* init = 32'd0 *)
+  wire [31:0] acc_3_1;
+  (* init = 32'd0 *)
+  wire [31:0] acc_3_2;
+  (* init = 32'd0 *)
+  wire [31:0] acc_3_3;
   (* init = 4'h0 *)
   wire [3:0] areg_0_0;
   (* init = 4'h0 *)
@@ -272,44 +196,36 @@ module qift_array_os_4x4_pot_mnz_a32(drain, a_in, w_in, clk, rst, out, ovf_out, 
   wire drain;
   input en;
   wire en;
-  wire [6:0] flipped;
-  wire [6:0] \flipped$105 ;
-  wire [6:0] \flipped$113 ;
-  wire [6:0] \flipped$122 ;
-  wire [6:0] \flipped$131 ;
-  wire [6:0] \flipped$140 ;
-  wire [6:0] \flipped$19 ;
-  wire [6:0] \flipped$27 ;
-  wire [6:0] \flipped$35 ;
-  wire [6:0] \flipped$43 ;
-  wire [6:0] \flipped$52 ;
-  wire [6:0] \flipped$61 ;
-  wire [6:0] \flipped$70 ;
-  wire [6:0] \flipped$78 ;
-  wire [6:0] \flipped$87 ;
-  wire [6:0] \flipped$96 ;
-  wire neg;
-  wire \neg$107 ;
-  wire \neg$115 ;
-  wire \neg$124 ;
-  wire \neg$133 ;
-  wire \neg$142 ;
-  wire \neg$21 ;
-  wire \neg$29 ;
-  wire \neg$37 ;
-  wire \neg$45 ;
-  wire \neg$54 ;
-  wire \neg$63 ;
-  wire \neg$72 ;
-  wire \neg$80 ;
-  wire \neg$89 ;
-  wire \neg$98 ;
   output [127:0] out;
   wire [127:0] out;
+  wire [31:0] \out[0] ;
+  wire [31:0] \out[1] ;
+  wire [31:0] \out[2] ;
+  wire [31:0] \out[3] ;
   output out_valid;
   wire out_valid;
+  wire over;
+  wire \over$106 ;
+  wire \over$109 ;
+  wire \over$113 ;
+  wire \over$116 ;
+  wire \over$119 ;
+  wire \over$122 ;
+  wire \over$126 ;
+  wire \over$129 ;
+  wire \over$132 ;
+  wire \over$135 ;
+  wire \over$139 ;
+  wire \over$142 ;
+  wire \over$145 ;
+  wire \over$148 ;
+  wire \over$152 ;
   output [3:0] ovf_out;
   wire [3:0] ovf_out;
+  wire \ovf_out[0] ;
+  wire \ovf_out[1] ;
+  wire \ovf_out[2] ;
+  wire \ovf_out[3] ;
   reg ovreg_0_0 = 1'h0;
   reg ovreg_0_1 = 1'h0;
   reg ovreg_0_2 = 1'h0;
@@ -328,56 +244,44 @@ module qift_array_os_4x4_pot_mnz_a32(drain, a_in, w_in, clk, rst, out, ovf_out, 
   reg ovreg_3_3 = 1'h0;
   input rst;
   wire rst;
-  wire [6:0] term;
-  wire [6:0] \term$106 ;
-  wire [6:0] \term$114 ;
-  wire [6:0] \term$123 ;
-  wire [6:0] \term$132 ;
-  wire [6:0] \term$141 ;
-  wire [6:0] \term$20 ;
-  wire [6:0] \term$28 ;
-  wire [6:0] \term$36 ;
-  wire [6:0] \term$44 ;
-  wire [6:0] \term$53 ;
-  wire [6:0] \term$62 ;
-  wire [6:0] \term$71 ;
-  wire [6:0] \term$79 ;
-  wire [6:0] \term$88 ;
-  wire [6:0] \term$97 ;
+  wire [31:0] sum;
+  wire [31:0] \sum$105 ;
+  wire [31:0] \sum$108 ;
+  wire [31:0] \sum$112 ;
+  wire [31:0] \sum$115 ;
+  wire [31:0] \sum$118 ;
+  wire [31:0] \sum$121 ;
+  wire [31:0] \sum$125 ;
+  wire [31:0] \sum$128 ;
+  wire [31:0] \sum$131 ;
+  wire [31:0] \sum$134 ;
+  wire [31:0] \sum$138 ;
+  wire [31:0] \sum$141 ;
+  wire [31:0] \sum$144 ;
+  wire [31:0] \sum$147 ;
+  wire [31:0] \sum$151 ;
   wire [1:0] w;
-  reg [1:0] \w$103  = 2'h0;
-  reg [1:0] \w$111  = 2'h0;
-  reg [1:0] \w$120  = 2'h0;
-  reg [1:0] \w$129  = 2'h0;
-  reg [1:0] \w$138  = 2'h0;
-  wire [1:0] \w$18 ;
-  wire [1:0] \w$26 ;
-  wire [1:0] \w$34 ;
+  wire [1:0] \w$15 ;
+  wire [1:0] \w$20 ;
+  wire [1:0] \w$25 ;
+  reg [1:0] \w$29  = 2'h0;
+  reg [1:0] \w$35  = 2'h0;
   reg [1:0] \w$41  = 2'h0;
-  reg [1:0] \w$50  = 2'h0;
-  reg [1:0] \w$59  = 2'h0;
-  reg [1:0] \w$68  = 2'h0;
-  reg [1:0] \w$76  = 2'h0;
-  reg [1:0] \w$85  = 2'h0;
-  reg [1:0] \w$94  = 2'h0;
+  reg [1:0] \w$47  = 2'h0;
+  reg [1:0] \w$52  = 2'h0;
+  reg [1:0] \w$58  = 2'h0;
+  reg [1:0] \w$64  = 2'h0;
+  reg [1:0] \w$70  = 2'h0;
+  reg [1:0] \w$75  = 2'h0;
+  reg [1:0] \w$81  = 2'h0;
+  reg [1:0] \w$87  = 2'h0;
+  reg [1:0] \w$93  = 2'h0;
   input [7:0] w_in;
   wire [7:0] w_in;
-  wire [32:0] wide;
-  wire [32:0] \wide$108 ;
-  wire [32:0] \wide$116 ;
-  wire [32:0] \wide$125 ;
-  wire [32:0] \wide$134 ;
-  wire [32:0] \wide$143 ;
-  wire [32:0] \wide$22 ;
-  wire [32:0] \wide$30 ;
-  wire [32:0] \wide$38 ;
-  wire [32:0] \wide$46 ;
-  wire [32:0] \wide$55 ;
-  wire [32:0] \wide$64 ;
-  wire [32:0] \wide$73 ;
-  wire [32:0] \wide$81 ;
-  wire [32:0] \wide$90 ;
-  wire [32:0] \wide$99 ;
+  wire [1:0] \w_in[0] ;
+  wire [1:0] \w_in[1] ;
+  wire [1:0] \w_in[2] ;
+  wire [1:0] \w_in[3] ;
   (* init = 2'h0 *)
   wire [1:0] wreg_0_0;
   (* init = 2'h0 *)
@@ -406,1362 +310,1307 @@ module qift_array_os_4x4_pot_mnz_a32(drain, a_in, w_in, clk, rst, out, ovf_out, 
   reg [1:0] wreg_3_1 = 2'h0;
   reg [1:0] wreg_3_2 = 2'h0;
   reg [1:0] wreg_3_3 = 2'h0;
-  assign \$1  = { term[6], term } ^ { 1'h0, w_in[1], w_in[1], w_in[1], w_in[1], w_in[1], w_in[1], w_in[1] };
-  assign \$2  = $signed(acc_0_0) + $signed(\$1 [6:0]);
-  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w_in[1] });
-  assign \$4  = { \term$20 [6], \term$20  } ^ { 1'h0, w_in[3], w_in[3], w_in[3], w_in[3], w_in[3], w_in[3], w_in[3] };
-  assign \$5  = $signed(acc_0_1) + $signed(\$4 [6:0]);
-  assign \$6  = $signed(\$5 ) + $signed({ 1'h0, w_in[3] });
-  assign \$7  = { \term$28 [6], \term$28  } ^ { 1'h0, w_in[5], w_in[5], w_in[5], w_in[5], w_in[5], w_in[5], w_in[5] };
-  assign \$8  = $signed(acc_0_2) + $signed(\$7 [6:0]);
-  assign \$9  = $signed(\$8 ) + $signed({ 1'h0, w_in[5] });
-  assign \$10  = { \term$36 [6], \term$36  } ^ { 1'h0, w_in[7], w_in[7], w_in[7], w_in[7], w_in[7], w_in[7], w_in[7] };
-  assign \$11  = $signed(acc_0_3) + $signed(\$10 [6:0]);
-  assign \$12  = $signed(\$11 ) + $signed({ 1'h0, w_in[7] });
-  assign \$13  = { \term$44 [6], \term$44  } ^ { 1'h0, \w$41 [1], \w$41 [1], \w$41 [1], \w$41 [1], \w$41 [1], \w$41 [1], \w$41 [1] };
-  assign \$14  = $signed(acc_1_0) + $signed(\$13 [6:0]);
-  assign \$15  = $signed(\$14 ) + $signed({ 1'h0, \w$41 [1] });
-  assign \$16  = { \term$53 [6], \term$53  } ^ { 1'h0, \w$50 [1], \w$50 [1], \w$50 [1], \w$50 [1], \w$50 [1], \w$50 [1], \w$50 [1] };
-  assign \$17  = $signed(acc_1_1) + $signed(\$16 [6:0]);
-  assign \$18  = $signed(\$17 ) + $signed({ 1'h0, \w$50 [1] });
-  assign \$19  = { \term$62 [6], \term$62  } ^ { 1'h0, \w$59 [1], \w$59 [1], \w$59 [1], \w$59 [1], \w$59 [1], \w$59 [1], \w$59 [1] };
-  assign \$20  = $signed(acc_1_2) + $signed(\$19 [6:0]);
-  assign \$21  = $signed(\$20 ) + $signed({ 1'h0, \w$59 [1] });
-  assign \$22  = { \term$71 [6], \term$71  } ^ { 1'h0, \w$68 [1], \w$68 [1], \w$68 [1], \w$68 [1], \w$68 [1], \w$68 [1], \w$68 [1] };
-  assign \$23  = $signed(acc_1_3) + $signed(\$22 [6:0]);
-  assign \$24  = $signed(\$23 ) + $signed({ 1'h0, \w$68 [1] });
-  assign \$25  = { \term$79 [6], \term$79  } ^ { 1'h0, \w$76 [1], \w$76 [1], \w$76 [1], \w$76 [1], \w$76 [1], \w$76 [1], \w$76 [1] };
-  assign \$26  = $signed(acc_2_0) + $signed(\$25 [6:0]);
-  assign \$27  = $signed(\$26 ) + $signed({ 1'h0, \w$76 [1] });
-  assign \$28  = { \term$88 [6], \term$88  } ^ { 1'h0, \w$85 [1], \w$85 [1], \w$85 [1], \w$85 [1], \w$85 [1], \w$85 [1], \w$85 [1] };
-  assign \$29  = $signed(acc_2_1) + $signed(\$28 [6:0]);
-  assign \$30  = $signed(\$29 ) + $signed({ 1'h0, \w$85 [1] });
-  assign \$31  = { \term$97 [6], \term$97  } ^ { 1'h0, \w$94 [1], \w$94 [1], \w$94 [1], \w$94 [1], \w$94 [1], \w$94 [1], \w$94 [1] };
-  assign \$32  = $signed(acc_2_2) + $signed(\$31 [6:0]);
-  assign \$33  = $signed(\$32 ) + $signed({ 1'h0, \w$94 [1] });
-  assign \$34  = { \term$106 [6], \term$106  } ^ { 1'h0, \w$103 [1], \w$103 [1], \w$103 [1], \w$103 [1], \w$103 [1], \w$103 [1], \w$103 [1] };
-  assign \$35  = $signed(acc_2_3) + $signed(\$34 [6:0]);
-  assign \$36  = $signed(\$35 ) + $signed({ 1'h0, \w$103 [1] });
-  assign \$37  = { \term$114 [6], \term$114  } ^ { 1'h0, \w$111 [1], \w$111 [1], \w$111 [1], \w$111 [1], \w$111 [1], \w$111 [1], \w$111 [1] };
-  assign \$38  = $signed(acc_3_0) + $signed(\$37 [6:0]);
-  assign \$39  = $signed(\$38 ) + $signed({ 1'h0, \w$111 [1] });
-  assign \$40  = { \term$123 [6], \term$123  } ^ { 1'h0, \w$120 [1], \w$120 [1], \w$120 [1], \w$120 [1], \w$120 [1], \w$120 [1], \w$120 [1] };
-  assign \$41  = $signed(acc_3_1) + $signed(\$40 [6:0]);
-  assign \$42  = $signed(\$41 ) + $signed({ 1'h0, \w$120 [1] });
-  assign \$43  = { \term$132 [6], \term$132  } ^ { 1'h0, \w$129 [1], \w$129 [1], \w$129 [1], \w$129 [1], \w$129 [1], \w$129 [1], \w$129 [1] };
-  assign \$44  = $signed(acc_3_2) + $signed(\$43 [6:0]);
-  assign \$45  = $signed(\$44 ) + $signed({ 1'h0, \w$129 [1] });
-  assign \$46  = { \term$141 [6], \term$141  } ^ { 1'h0, \w$138 [1], \w$138 [1], \w$138 [1], \w$138 [1], \w$138 [1], \w$138 [1], \w$138 [1] };
-  assign \$47  = $signed(acc_3_3) + $signed(\$46 [6:0]);
-  assign \$48  = $signed(\$47 ) + $signed({ 1'h0, \w$138 [1] });
+  always @(posedge clk)
+    acc <= \$17 ;
+  always @(posedge clk)
+    ovreg_0_0 <= \$18 ;
+  always @(posedge clk)
+    \a$13  <= \$19 ;
+  always @(posedge clk)
+    \w$29  <= \$20 ;
+  always @(posedge clk)
+    \acc$16  <= \$21 ;
+  always @(posedge clk)
+    ovreg_0_1 <= \$22 ;
+  always @(posedge clk)
+    \a$18  <= \$23 ;
+  always @(posedge clk)
+    \w$35  <= \$24 ;
+  always @(posedge clk)
+    \acc$21  <= \$25 ;
+  always @(posedge clk)
+    ovreg_0_2 <= \$26 ;
+  always @(posedge clk)
+    \a$23  <= \$27 ;
+  always @(posedge clk)
+    \w$41  <= \$28 ;
+  always @(posedge clk)
+    \acc$26  <= \$29 ;
+  always @(posedge clk)
+    ovreg_0_3 <= \$30 ;
+  always @(posedge clk)
+    areg_0_3 <= \$31 ;
+  always @(posedge clk)
+    \w$47  <= \$32 ;
+  always @(posedge clk)
+    \acc$31  <= \$33 ;
+  always @(posedge clk)
+    ovreg_1_0 <= \$34 ;
+  always @(posedge clk)
+    \a$33  <= \$35 ;
+  always @(posedge clk)
+    \w$52  <= \$36 ;
+  always @(posedge clk)
+    \acc$37  <= \$37 ;
+  always @(posedge clk)
+    ovreg_1_1 <= \$38 ;
+  always @(posedge clk)
+    \a$39  <= \$39 ;
+  always @(posedge clk)
+    \w$58  <= \$40 ;
+  always @(posedge clk)
+    \acc$43  <= \$41 ;
+  always @(posedge clk)
+    ovreg_1_2 <= \$42 ;
+  always @(posedge clk)
+    \a$45  <= \$43 ;
+  always @(posedge clk)
+    \w$64  <= \$44 ;
+  always @(posedge clk)
+    \acc$49  <= \$45 ;
+  always @(posedge clk)
+    ovreg_1_3 <= \$46 ;
+  always @(posedge clk)
+    areg_1_3 <= \$47 ;
+  always @(posedge clk)
+    \w$70  <= \$48 ;
+  always @(posedge clk)
+    \acc$54  <= \$49 ;
+  always @(posedge clk)
+    ovreg_2_0 <= \$50 ;
+  always @(posedge clk)
+    \a$56  <= \$51 ;
+  always @(posedge clk)
+    \w$75  <= \$52 ;
+  always @(posedge clk)
+    \acc$60  <= \$53 ;
+  always @(posedge clk)
+    ovreg_2_1 <= \$54 ;
+  always @(posedge clk)
+    \a$62  <= \$55 ;
+  always @(posedge clk)
+    \w$81  <= \$56 ;
+  always @(posedge clk)
+    \acc$66  <= \$57 ;
+  always @(posedge clk)
+    ovreg_2_2 <= \$58 ;
+  always @(posedge clk)
+    \a$68  <= \$59 ;
+  always @(posedge clk)
+    \w$87  <= \$60 ;
+  always @(posedge clk)
+    \acc$72  <= \$61 ;
+  always @(posedge clk)
+    ovreg_2_3 <= \$62 ;
+  always @(posedge clk)
+    areg_2_3 <= \$63 ;
+  always @(posedge clk)
+    \w$93  <= \$64 ;
+  always @(posedge clk)
+    \acc$77  <= \$65 ;
+  always @(posedge clk)
+    ovreg_3_0 <= \$66 ;
+  always @(posedge clk)
+    \a$79  <= \$67 ;
+  always @(posedge clk)
+    wreg_3_0 <= \$68 ;
+  always @(posedge clk)
+    \acc$83  <= \$69 ;
+  always @(posedge clk)
+    ovreg_3_1 <= \$70 ;
+  always @(posedge clk)
+    \a$85  <= \$71 ;
+  always @(posedge clk)
+    wreg_3_1 <= \$72 ;
+  always @(posedge clk)
+    \acc$89  <= \$73 ;
+  always @(posedge clk)
+    ovreg_3_2 <= \$74 ;
+  always @(posedge clk)
+    \a$91  <= \$75 ;
+  always @(posedge clk)
+    wreg_3_2 <= \$76 ;
+  always @(posedge clk)
+    \acc$95  <= \$77 ;
+  always @(posedge clk)
+    ovreg_3_3 <= \$78 ;
+  always @(posedge clk)
+    areg_3_3 <= \$79 ;
+  always @(posedge clk)
+    wreg_3_3 <= \$80 ;
   assign out_valid = drain & en;
-  assign \$49  = \$3 [32] != \$3 [31];
-  assign \$50  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$51  = \$49  ? \$50  : \$3 [31:0];
-  assign \$52  = \$3 [32] != \$3 [31];
-  assign \$53  = ovreg_0_0 | \$52 ;
-  assign \$54  = \$6 [32] != \$6 [31];
-  assign \$55  = \$6 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$56  = \$54  ? \$55  : \$6 [31:0];
-  assign \$57  = \$6 [32] != \$6 [31];
-  assign \$58  = ovreg_0_1 | \$57 ;
-  assign \$59  = \$9 [32] != \$9 [31];
-  assign \$60  = \$9 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$61  = \$59  ? \$60  : \$9 [31:0];
-  assign \$62  = \$9 [32] != \$9 [31];
-  assign \$63  = ovreg_0_2 | \$62 ;
-  assign \$64  = \$12 [32] != \$12 [31];
-  assign \$65  = \$12 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$66  = \$64  ? \$65  : \$12 [31:0];
-  assign \$67  = \$12 [32] != \$12 [31];
-  assign \$68  = ovreg_0_3 | \$67 ;
-  assign \$69  = \$15 [32] != \$15 [31];
-  assign \$70  = \$15 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$71  = \$69  ? \$70  : \$15 [31:0];
-  assign \$72  = \$15 [32] != \$15 [31];
-  assign \$73  = ovreg_1_0 | \$72 ;
-  assign \$74  = \$18 [32] != \$18 [31];
-  assign \$75  = \$18 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$76  = \$74  ? \$75  : \$18 [31:0];
-  assign \$77  = \$18 [32] != \$18 [31];
-  assign \$78  = ovreg_1_1 | \$77 ;
-  assign \$79  = \$21 [32] != \$21 [31];
-  assign \$80  = \$21 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$81  = \$79  ? \$80  : \$21 [31:0];
-  assign \$82  = \$21 [32] != \$21 [31];
-  assign \$83  = ovreg_1_2 | \$82 ;
-  assign \$84  = \$24 [32] != \$24 [31];
-  assign \$85  = \$24 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$86  = \$84  ? \$85  : \$24 [31:0];
-  assign \$87  = \$24 [32] != \$24 [31];
-  assign \$88  = ovreg_1_3 | \$87 ;
-  assign \$89  = \$27 [32] != \$27 [31];
-  assign \$90  = \$27 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$91  = \$89  ? \$90  : \$27 [31:0];
-  assign \$92  = \$27 [32] != \$27 [31];
-  assign \$93  = ovreg_2_0 | \$92 ;
-  assign \$94  = \$30 [32] != \$30 [31];
-  assign \$95  = \$30 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$96  = \$94  ? \$95  : \$30 [31:0];
-  assign \$97  = \$30 [32] != \$30 [31];
-  assign \$98  = ovreg_2_1 | \$97 ;
-  assign \$99  = \$33 [32] != \$33 [31];
-  assign \$100  = \$33 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$101  = \$99  ? \$100  : \$33 [31:0];
-  assign \$102  = \$33 [32] != \$33 [31];
-  assign \$103  = ovreg_2_2 | \$102 ;
-  assign \$104  = \$36 [32] != \$36 [31];
-  assign \$105  = \$36 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$106  = \$104  ? \$105  : \$36 [31:0];
-  assign \$107  = \$36 [32] != \$36 [31];
-  assign \$108  = ovreg_2_3 | \$107 ;
-  assign \$109  = \$39 [32] != \$39 [31];
-  assign \$110  = \$39 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$111  = \$109  ? \$110  : \$39 [31:0];
-  assign \$112  = \$39 [32] != \$39 [31];
-  assign \$113  = ovreg_3_0 | \$112 ;
-  assign \$114  = \$42 [32] != \$42 [31];
-  assign \$115  = \$42 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$116  = \$114  ? \$115  : \$42 [31:0];
-  assign \$117  = \$42 [32] != \$42 [31];
-  assign \$118  = ovreg_3_1 | \$117 ;
-  assign \$119  = \$45 [32] != \$45 [31];
-  assign \$120  = \$45 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$121  = \$119  ? \$120  : \$45 [31:0];
-  assign \$122  = \$45 [32] != \$45 [31];
-  assign \$123  = ovreg_3_2 | \$122 ;
-  assign \$124  = \$48 [32] != \$48 [31];
-  assign \$125  = \$48 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$126  = \$124  ? \$125  : \$48 [31:0];
-  assign \$127  = \$48 [32] != \$48 [31];
-  assign \$128  = ovreg_3_3 | \$127 ;
-  always @(posedge clk)
-    acc_0_0 <= \$129 ;
-  always @(posedge clk)
-    ovreg_0_0 <= \$130 ;
-  always @(posedge clk)
-    \a$16  <= \$131 ;
-  always @(posedge clk)
-    \w$41  <= \$132 ;
-  always @(posedge clk)
-    acc_0_1 <= \$133 ;
-  always @(posedge clk)
-    ovreg_0_1 <= \$134 ;
-  always @(posedge clk)
-    \a$24  <= \$135 ;
-  always @(posedge clk)
-    \w$50  <= \$136 ;
-  always @(posedge clk)
-    acc_0_2 <= \$137 ;
-  always @(posedge clk)
-    ovreg_0_2 <= \$138 ;
-  always @(posedge clk)
-    \a$32  <= \$139 ;
-  always @(posedge clk)
-    \w$59  <= \$140 ;
-  always @(posedge clk)
-    acc_0_3 <= \$141 ;
-  always @(posedge clk)
-    ovreg_0_3 <= \$142 ;
-  always @(posedge clk)
-    areg_0_3 <= \$143 ;
-  always @(posedge clk)
-    \w$68  <= \$144 ;
-  always @(posedge clk)
-    acc_1_0 <= \$145 ;
-  always @(posedge clk)
-    ovreg_1_0 <= \$146 ;
-  always @(posedge clk)
-    \a$48  <= \$147 ;
-  always @(posedge clk)
-    \w$76  <= \$148 ;
-  always @(posedge clk)
-    acc_1_1 <= \$149 ;
-  always @(posedge clk)
-    ovreg_1_1 <= \$150 ;
-  always @(posedge clk)
-    \a$57  <= \$151 ;
-  always @(posedge clk)
-    \w$85  <= \$152 ;
-  always @(posedge clk)
-    acc_1_2 <= \$153 ;
-  always @(posedge clk)
-    ovreg_1_2 <= \$154 ;
-  always @(posedge clk)
-    \a$66  <= \$155 ;
-  always @(posedge clk)
-    \w$94  <= \$156 ;
-  always @(posedge clk)
-    acc_1_3 <= \$157 ;
-  always @(posedge clk)
-    ovreg_1_3 <= \$158 ;
-  always @(posedge clk)
-    areg_1_3 <= \$159 ;
-  always @(posedge clk)
-    \w$103  <= \$160 ;
-  always @(posedge clk)
-    acc_2_0 <= \$161 ;
-  always @(posedge clk)
-    ovreg_2_0 <= \$162 ;
-  always @(posedge clk)
-    \a$83  <= \$163 ;
-  always @(posedge clk)
-    \w$111  <= \$164 ;
-  always @(posedge clk)
-    acc_2_1 <= \$165 ;
-  always @(posedge clk)
-    ovreg_2_1 <= \$166 ;
-  always @(posedge clk)
-    \a$92  <= \$167 ;
-  always @(posedge clk)
-    \w$120  <= \$168 ;
-  always @(posedge clk)
-    acc_2_2 <= \$169 ;
-  always @(posedge clk)
-    ovreg_2_2 <= \$170 ;
-  always @(posedge clk)
-    \a$101  <= \$171 ;
-  always @(posedge clk)
-    \w$129  <= \$172 ;
-  always @(posedge clk)
-    acc_2_3 <= \$173 ;
-  always @(posedge clk)
-    ovreg_2_3 <= \$174 ;
-  always @(posedge clk)
-    areg_2_3 <= \$175 ;
-  always @(posedge clk)
-    \w$138  <= \$176 ;
-  always @(posedge clk)
-    acc_3_0 <= \$177 ;
-  always @(posedge clk)
-    ovreg_3_0 <= \$178 ;
-  always @(posedge clk)
-    \a$118  <= \$179 ;
-  always @(posedge clk)
-    wreg_3_0 <= \$180 ;
-  always @(posedge clk)
-    acc_3_1 <= \$181 ;
-  always @(posedge clk)
-    ovreg_3_1 <= \$182 ;
-  always @(posedge clk)
-    \a$127  <= \$183 ;
-  always @(posedge clk)
-    wreg_3_1 <= \$184 ;
-  always @(posedge clk)
-    acc_3_2 <= \$185 ;
-  always @(posedge clk)
-    ovreg_3_2 <= \$186 ;
-  always @(posedge clk)
-    \a$136  <= \$187 ;
-  always @(posedge clk)
-    wreg_3_2 <= \$188 ;
-  always @(posedge clk)
-    acc_3_3 <= \$189 ;
-  always @(posedge clk)
-    ovreg_3_3 <= \$190 ;
-  always @(posedge clk)
-    areg_3_3 <= \$191 ;
-  always @(posedge clk)
-    wreg_3_3 <= \$192 ;
-  \qift_array_os_4x4_pot_mnz_a32.prod_0_0  prod_0_0 (
+  assign \$1  = ovreg_0_0 | over;
+  assign \$2  = ovreg_0_1 | \over$106 ;
+  assign \$3  = ovreg_0_2 | \over$109 ;
+  assign \$4  = ovreg_0_3 | \over$113 ;
+  assign \$5  = ovreg_1_0 | \over$116 ;
+  assign \$6  = ovreg_1_1 | \over$119 ;
+  assign \$7  = ovreg_1_2 | \over$122 ;
+  assign \$8  = ovreg_1_3 | \over$126 ;
+  assign \$9  = ovreg_2_0 | \over$129 ;
+  assign \$10  = ovreg_2_1 | \over$132 ;
+  assign \$11  = ovreg_2_2 | \over$135 ;
+  assign \$12  = ovreg_2_3 | \over$139 ;
+  assign \$13  = ovreg_3_0 | \over$142 ;
+  assign \$14  = ovreg_3_1 | \over$145 ;
+  assign \$15  = ovreg_3_2 | \over$148 ;
+  assign \$16  = ovreg_3_3 | \over$152 ;
+  \qift_array_os_4x4_pot_mnz_a32.core_0_0  core_0_0 (
     .a(a_in[3:0]),
-    .term(term),
+    .acc(acc),
+    .over(over),
+    .sum(sum),
     .w(w_in[1:0])
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_0_1  prod_0_1 (
-    .a(\a$16 ),
-    .term(\term$20 ),
+  \qift_array_os_4x4_pot_mnz_a32.core_0_1  core_0_1 (
+    .a(\a$13 ),
+    .acc(\acc$16 ),
+    .over(\over$106 ),
+    .sum(\sum$105 ),
     .w(w_in[3:2])
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_0_2  prod_0_2 (
-    .a(\a$24 ),
-    .term(\term$28 ),
+  \qift_array_os_4x4_pot_mnz_a32.core_0_2  core_0_2 (
+    .a(\a$18 ),
+    .acc(\acc$21 ),
+    .over(\over$109 ),
+    .sum(\sum$108 ),
     .w(w_in[5:4])
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_0_3  prod_0_3 (
-    .a(\a$32 ),
-    .term(\term$36 ),
+  \qift_array_os_4x4_pot_mnz_a32.core_0_3  core_0_3 (
+    .a(\a$23 ),
+    .acc(\acc$26 ),
+    .over(\over$113 ),
+    .sum(\sum$112 ),
     .w(w_in[7:6])
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_1_0  prod_1_0 (
+  \qift_array_os_4x4_pot_mnz_a32.core_1_0  core_1_0 (
     .a(a_in[7:4]),
-    .term(\term$44 ),
+    .acc(\acc$31 ),
+    .over(\over$116 ),
+    .sum(\sum$115 ),
+    .w(\w$29 )
+  );
+  \qift_array_os_4x4_pot_mnz_a32.core_1_1  core_1_1 (
+    .a(\a$33 ),
+    .acc(\acc$37 ),
+    .over(\over$119 ),
+    .sum(\sum$118 ),
+    .w(\w$35 )
+  );
+  \qift_array_os_4x4_pot_mnz_a32.core_1_2  core_1_2 (
+    .a(\a$39 ),
+    .acc(\acc$43 ),
+    .over(\over$122 ),
+    .sum(\sum$121 ),
     .w(\w$41 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_1_1  prod_1_1 (
-    .a(\a$48 ),
-    .term(\term$53 ),
-    .w(\w$50 )
+  \qift_array_os_4x4_pot_mnz_a32.core_1_3  core_1_3 (
+    .a(\a$45 ),
+    .acc(\acc$49 ),
+    .over(\over$126 ),
+    .sum(\sum$125 ),
+    .w(\w$47 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_1_2  prod_1_2 (
-    .a(\a$57 ),
-    .term(\term$62 ),
-    .w(\w$59 )
-  );
-  \qift_array_os_4x4_pot_mnz_a32.prod_1_3  prod_1_3 (
-    .a(\a$66 ),
-    .term(\term$71 ),
-    .w(\w$68 )
-  );
-  \qift_array_os_4x4_pot_mnz_a32.prod_2_0  prod_2_0 (
+  \qift_array_os_4x4_pot_mnz_a32.core_2_0  core_2_0 (
     .a(a_in[11:8]),
-    .term(\term$79 ),
-    .w(\w$76 )
+    .acc(\acc$54 ),
+    .over(\over$129 ),
+    .sum(\sum$128 ),
+    .w(\w$52 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_2_1  prod_2_1 (
-    .a(\a$83 ),
-    .term(\term$88 ),
-    .w(\w$85 )
+  \qift_array_os_4x4_pot_mnz_a32.core_2_1  core_2_1 (
+    .a(\a$56 ),
+    .acc(\acc$60 ),
+    .over(\over$132 ),
+    .sum(\sum$131 ),
+    .w(\w$58 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_2_2  prod_2_2 (
-    .a(\a$92 ),
-    .term(\term$97 ),
-    .w(\w$94 )
+  \qift_array_os_4x4_pot_mnz_a32.core_2_2  core_2_2 (
+    .a(\a$62 ),
+    .acc(\acc$66 ),
+    .over(\over$135 ),
+    .sum(\sum$134 ),
+    .w(\w$64 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_2_3  prod_2_3 (
-    .a(\a$101 ),
-    .term(\term$106 ),
-    .w(\w$103 )
+  \qift_array_os_4x4_pot_mnz_a32.core_2_3  core_2_3 (
+    .a(\a$68 ),
+    .acc(\acc$72 ),
+    .over(\over$139 ),
+    .sum(\sum$138 ),
+    .w(\w$70 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_3_0  prod_3_0 (
+  \qift_array_os_4x4_pot_mnz_a32.core_3_0  core_3_0 (
     .a(a_in[15:12]),
-    .term(\term$114 ),
-    .w(\w$111 )
+    .acc(\acc$77 ),
+    .over(\over$142 ),
+    .sum(\sum$141 ),
+    .w(\w$75 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_3_1  prod_3_1 (
-    .a(\a$118 ),
-    .term(\term$123 ),
-    .w(\w$120 )
+  \qift_array_os_4x4_pot_mnz_a32.core_3_1  core_3_1 (
+    .a(\a$79 ),
+    .acc(\acc$83 ),
+    .over(\over$145 ),
+    .sum(\sum$144 ),
+    .w(\w$81 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_3_2  prod_3_2 (
-    .a(\a$127 ),
-    .term(\term$132 ),
-    .w(\w$129 )
+  \qift_array_os_4x4_pot_mnz_a32.core_3_2  core_3_2 (
+    .a(\a$85 ),
+    .acc(\acc$89 ),
+    .over(\over$148 ),
+    .sum(\sum$147 ),
+    .w(\w$87 )
   );
-  \qift_array_os_4x4_pot_mnz_a32.prod_3_3  prod_3_3 (
-    .a(\a$136 ),
-    .term(\term$141 ),
-    .w(\w$138 )
+  \qift_array_os_4x4_pot_mnz_a32.core_3_3  core_3_3 (
+    .a(\a$91 ),
+    .acc(\acc$95 ),
+    .over(\over$152 ),
+    .sum(\sum$151 ),
+    .w(\w$93 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$129  = acc_0_0;
+    \$17  = acc;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$129  = 32'd0;
+        \$17  = 32'd0;
       end else begin
-        \$129  = \$51 ;
+        \$17  = sum;
       end
     end
     if (rst) begin
-      \$129  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$130  = ovreg_0_0;
-    if (en) begin
-      (* full_case = 32'd1 *)
-      if (drain) begin
-        \$130  = 1'h0;
-      end else begin
-        \$130  = \$53 ;
-      end
-    end
-    if (rst) begin
-      \$130  = 1'h0;
+      \$17  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$131  = \a$16 ;
+    \$18  = ovreg_0_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$18  = 1'h0;
       end else begin
-        \$131  = a_in[3:0];
+        \$18  = \$1 ;
       end
     end
     if (rst) begin
-      \$131  = 4'h0;
+      \$18  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$132  = \w$41 ;
+    \$19  = \a$13 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$132  = w_in[1:0];
+        \$19  = a_in[3:0];
       end
     end
     if (rst) begin
-      \$132  = 2'h0;
+      \$19  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$133  = acc_0_1;
+    \$20  = \w$29 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$133  = 32'd0;
       end else begin
-        \$133  = \$56 ;
+        \$20  = w_in[1:0];
       end
     end
     if (rst) begin
-      \$133  = 32'd0;
+      \$20  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$134  = ovreg_0_1;
+    \$21  = \acc$16 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$134  = 1'h0;
+        \$21  = 32'd0;
       end else begin
-        \$134  = \$58 ;
+        \$21  = \sum$105 ;
       end
     end
     if (rst) begin
-      \$134  = 1'h0;
+      \$21  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$135  = \a$24 ;
+    \$22  = ovreg_0_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$22  = 1'h0;
       end else begin
-        \$135  = \a$16 ;
+        \$22  = \$2 ;
       end
     end
     if (rst) begin
-      \$135  = 4'h0;
+      \$22  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$136  = \w$50 ;
+    \$23  = \a$18 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$136  = w_in[3:2];
+        \$23  = \a$13 ;
       end
     end
     if (rst) begin
-      \$136  = 2'h0;
+      \$23  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$137  = acc_0_2;
+    \$24  = \w$35 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$137  = 32'd0;
       end else begin
-        \$137  = \$61 ;
+        \$24  = w_in[3:2];
       end
     end
     if (rst) begin
-      \$137  = 32'd0;
+      \$24  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$138  = ovreg_0_2;
+    \$25  = \acc$21 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$138  = 1'h0;
+        \$25  = 32'd0;
       end else begin
-        \$138  = \$63 ;
+        \$25  = \sum$108 ;
       end
     end
     if (rst) begin
-      \$138  = 1'h0;
+      \$25  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$139  = \a$32 ;
+    \$26  = ovreg_0_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$26  = 1'h0;
       end else begin
-        \$139  = \a$24 ;
+        \$26  = \$3 ;
       end
     end
     if (rst) begin
-      \$139  = 4'h0;
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$140  = \w$59 ;
+    \$27  = \a$23 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$140  = w_in[5:4];
+        \$27  = \a$18 ;
       end
     end
     if (rst) begin
-      \$140  = 2'h0;
+      \$27  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$141  = acc_0_3;
+    \$28  = \w$41 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$141  = 32'd0;
       end else begin
-        \$141  = \$66 ;
+        \$28  = w_in[5:4];
       end
     end
     if (rst) begin
-      \$141  = 32'd0;
+      \$28  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$142  = ovreg_0_3;
+    \$29  = \acc$26 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$142  = 1'h0;
+        \$29  = 32'd0;
       end else begin
-        \$142  = \$68 ;
+        \$29  = \sum$112 ;
       end
     end
     if (rst) begin
-      \$142  = 1'h0;
+      \$29  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$143  = areg_0_3;
+    \$30  = ovreg_0_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$30  = 1'h0;
       end else begin
-        \$143  = \a$32 ;
+        \$30  = \$4 ;
       end
     end
     if (rst) begin
-      \$143  = 4'h0;
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$144  = \w$68 ;
+    \$31  = areg_0_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$144  = w_in[7:6];
+        \$31  = \a$23 ;
       end
     end
     if (rst) begin
-      \$144  = 2'h0;
+      \$31  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$145  = acc_1_0;
+    \$32  = \w$47 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$145  = acc_0_0;
       end else begin
-        \$145  = \$71 ;
+        \$32  = w_in[7:6];
       end
     end
     if (rst) begin
-      \$145  = 32'd0;
+      \$32  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$146  = ovreg_1_0;
+    \$33  = \acc$31 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$146  = ovreg_0_0;
+        \$33  = acc;
       end else begin
-        \$146  = \$73 ;
+        \$33  = \sum$115 ;
       end
     end
     if (rst) begin
-      \$146  = 1'h0;
+      \$33  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$147  = \a$48 ;
+    \$34  = ovreg_1_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$34  = ovreg_0_0;
       end else begin
-        \$147  = a_in[7:4];
+        \$34  = \$5 ;
       end
     end
     if (rst) begin
-      \$147  = 4'h0;
+      \$34  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$148  = \w$76 ;
+    \$35  = \a$33 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$148  = \w$41 ;
+        \$35  = a_in[7:4];
       end
     end
     if (rst) begin
-      \$148  = 2'h0;
+      \$35  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$149  = acc_1_1;
+    \$36  = \w$52 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$149  = acc_0_1;
       end else begin
-        \$149  = \$76 ;
+        \$36  = \w$29 ;
       end
     end
     if (rst) begin
-      \$149  = 32'd0;
+      \$36  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$150  = ovreg_1_1;
+    \$37  = \acc$37 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$150  = ovreg_0_1;
+        \$37  = \acc$16 ;
       end else begin
-        \$150  = \$78 ;
+        \$37  = \sum$118 ;
       end
     end
     if (rst) begin
-      \$150  = 1'h0;
+      \$37  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$151  = \a$57 ;
+    \$38  = ovreg_1_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$38  = ovreg_0_1;
       end else begin
-        \$151  = \a$48 ;
+        \$38  = \$6 ;
       end
     end
     if (rst) begin
-      \$151  = 4'h0;
+      \$38  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$152  = \w$85 ;
+    \$39  = \a$39 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$152  = \w$50 ;
+        \$39  = \a$33 ;
       end
     end
     if (rst) begin
-      \$152  = 2'h0;
+      \$39  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$153  = acc_1_2;
+    \$40  = \w$58 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$153  = acc_0_2;
       end else begin
-        \$153  = \$81 ;
+        \$40  = \w$35 ;
       end
     end
     if (rst) begin
-      \$153  = 32'd0;
+      \$40  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$154  = ovreg_1_2;
+    \$41  = \acc$43 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$154  = ovreg_0_2;
+        \$41  = \acc$21 ;
       end else begin
-        \$154  = \$83 ;
+        \$41  = \sum$121 ;
       end
     end
     if (rst) begin
-      \$154  = 1'h0;
+      \$41  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$155  = \a$66 ;
+    \$42  = ovreg_1_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$42  = ovreg_0_2;
       end else begin
-        \$155  = \a$57 ;
+        \$42  = \$7 ;
       end
     end
     if (rst) begin
-      \$155  = 4'h0;
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$156  = \w$94 ;
+    \$43  = \a$45 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$156  = \w$59 ;
+        \$43  = \a$39 ;
       end
     end
     if (rst) begin
-      \$156  = 2'h0;
+      \$43  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$157  = acc_1_3;
+    \$44  = \w$64 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$157  = acc_0_3;
       end else begin
-        \$157  = \$86 ;
+        \$44  = \w$41 ;
       end
     end
     if (rst) begin
-      \$157  = 32'd0;
+      \$44  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$158  = ovreg_1_3;
+    \$45  = \acc$49 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$158  = ovreg_0_3;
+        \$45  = \acc$26 ;
       end else begin
-        \$158  = \$88 ;
+        \$45  = \sum$125 ;
       end
     end
     if (rst) begin
-      \$158  = 1'h0;
+      \$45  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$159  = areg_1_3;
+    \$46  = ovreg_1_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$46  = ovreg_0_3;
       end else begin
-        \$159  = \a$66 ;
+        \$46  = \$8 ;
       end
     end
     if (rst) begin
-      \$159  = 4'h0;
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$160  = \w$103 ;
+    \$47  = areg_1_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$160  = \w$68 ;
+        \$47  = \a$45 ;
       end
     end
     if (rst) begin
-      \$160  = 2'h0;
+      \$47  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$161  = acc_2_0;
+    \$48  = \w$70 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$161  = acc_1_0;
       end else begin
-        \$161  = \$91 ;
+        \$48  = \w$47 ;
       end
     end
     if (rst) begin
-      \$161  = 32'd0;
+      \$48  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$162  = ovreg_2_0;
+    \$49  = \acc$54 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$162  = ovreg_1_0;
+        \$49  = \acc$31 ;
       end else begin
-        \$162  = \$93 ;
+        \$49  = \sum$128 ;
       end
     end
     if (rst) begin
-      \$162  = 1'h0;
+      \$49  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$163  = \a$83 ;
+    \$50  = ovreg_2_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$50  = ovreg_1_0;
       end else begin
-        \$163  = a_in[11:8];
+        \$50  = \$9 ;
       end
     end
     if (rst) begin
-      \$163  = 4'h0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$164  = \w$111 ;
+    \$51  = \a$56 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$164  = \w$76 ;
+        \$51  = a_in[11:8];
       end
     end
     if (rst) begin
-      \$164  = 2'h0;
+      \$51  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$165  = acc_2_1;
+    \$52  = \w$75 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$165  = acc_1_1;
       end else begin
-        \$165  = \$96 ;
+        \$52  = \w$52 ;
       end
     end
     if (rst) begin
-      \$165  = 32'd0;
+      \$52  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$166  = ovreg_2_1;
+    \$53  = \acc$60 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$166  = ovreg_1_1;
+        \$53  = \acc$37 ;
       end else begin
-        \$166  = \$98 ;
+        \$53  = \sum$131 ;
       end
     end
     if (rst) begin
-      \$166  = 1'h0;
+      \$53  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$167  = \a$92 ;
+    \$54  = ovreg_2_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$54  = ovreg_1_1;
       end else begin
-        \$167  = \a$83 ;
+        \$54  = \$10 ;
       end
     end
     if (rst) begin
-      \$167  = 4'h0;
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$168  = \w$120 ;
+    \$55  = \a$62 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$168  = \w$85 ;
+        \$55  = \a$56 ;
       end
     end
     if (rst) begin
-      \$168  = 2'h0;
+      \$55  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$169  = acc_2_2;
+    \$56  = \w$81 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$169  = acc_1_2;
       end else begin
-        \$169  = \$101 ;
+        \$56  = \w$58 ;
       end
     end
     if (rst) begin
-      \$169  = 32'd0;
+      \$56  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$170  = ovreg_2_2;
+    \$57  = \acc$66 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$170  = ovreg_1_2;
+        \$57  = \acc$43 ;
       end else begin
-        \$170  = \$103 ;
+        \$57  = \sum$134 ;
       end
     end
     if (rst) begin
-      \$170  = 1'h0;
+      \$57  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$171  = \a$101 ;
+    \$58  = ovreg_2_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$58  = ovreg_1_2;
       end else begin
-        \$171  = \a$92 ;
+        \$58  = \$11 ;
       end
     end
     if (rst) begin
-      \$171  = 4'h0;
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$172  = \w$129 ;
+    \$59  = \a$68 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$172  = \w$94 ;
+        \$59  = \a$62 ;
       end
     end
     if (rst) begin
-      \$172  = 2'h0;
+      \$59  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$173  = acc_2_3;
+    \$60  = \w$87 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$173  = acc_1_3;
       end else begin
-        \$173  = \$106 ;
+        \$60  = \w$64 ;
       end
     end
     if (rst) begin
-      \$173  = 32'd0;
+      \$60  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$174  = ovreg_2_3;
+    \$61  = \acc$72 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$174  = ovreg_1_3;
+        \$61  = \acc$49 ;
       end else begin
-        \$174  = \$108 ;
+        \$61  = \sum$138 ;
       end
     end
     if (rst) begin
-      \$174  = 1'h0;
+      \$61  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$175  = areg_2_3;
+    \$62  = ovreg_2_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$62  = ovreg_1_3;
       end else begin
-        \$175  = \a$101 ;
+        \$62  = \$12 ;
       end
     end
     if (rst) begin
-      \$175  = 4'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$176  = \w$138 ;
+    \$63  = areg_2_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$176  = \w$103 ;
+        \$63  = \a$68 ;
       end
     end
     if (rst) begin
-      \$176  = 2'h0;
+      \$63  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$177  = acc_3_0;
+    \$64  = \w$93 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$177  = acc_2_0;
       end else begin
-        \$177  = \$111 ;
+        \$64  = \w$70 ;
       end
     end
     if (rst) begin
-      \$177  = 32'd0;
+      \$64  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$178  = ovreg_3_0;
+    \$65  = \acc$77 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$178  = ovreg_2_0;
+        \$65  = \acc$54 ;
       end else begin
-        \$178  = \$113 ;
+        \$65  = \sum$141 ;
       end
     end
     if (rst) begin
-      \$178  = 1'h0;
+      \$65  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$179  = \a$118 ;
+    \$66  = ovreg_3_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$66  = ovreg_2_0;
       end else begin
-        \$179  = a_in[15:12];
+        \$66  = \$13 ;
       end
     end
     if (rst) begin
-      \$179  = 4'h0;
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$180  = wreg_3_0;
+    \$67  = \a$79 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$180  = \w$111 ;
+        \$67  = a_in[15:12];
       end
     end
     if (rst) begin
-      \$180  = 2'h0;
+      \$67  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$181  = acc_3_1;
+    \$68  = wreg_3_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$181  = acc_2_1;
       end else begin
-        \$181  = \$116 ;
+        \$68  = \w$75 ;
       end
     end
     if (rst) begin
-      \$181  = 32'd0;
+      \$68  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$182  = ovreg_3_1;
+    \$69  = \acc$83 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$182  = ovreg_2_1;
+        \$69  = \acc$60 ;
       end else begin
-        \$182  = \$118 ;
+        \$69  = \sum$144 ;
       end
     end
     if (rst) begin
-      \$182  = 1'h0;
+      \$69  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$183  = \a$127 ;
+    \$70  = ovreg_3_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$70  = ovreg_2_1;
       end else begin
-        \$183  = \a$118 ;
+        \$70  = \$14 ;
       end
     end
     if (rst) begin
-      \$183  = 4'h0;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$184  = wreg_3_1;
+    \$71  = \a$85 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$184  = \w$120 ;
+        \$71  = \a$79 ;
       end
     end
     if (rst) begin
-      \$184  = 2'h0;
+      \$71  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$185  = acc_3_2;
+    \$72  = wreg_3_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$185  = acc_2_2;
       end else begin
-        \$185  = \$121 ;
+        \$72  = \w$81 ;
       end
     end
     if (rst) begin
-      \$185  = 32'd0;
+      \$72  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$186  = ovreg_3_2;
+    \$73  = \acc$89 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$186  = ovreg_2_2;
+        \$73  = \acc$66 ;
       end else begin
-        \$186  = \$123 ;
+        \$73  = \sum$147 ;
       end
     end
     if (rst) begin
-      \$186  = 1'h0;
+      \$73  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$187  = \a$136 ;
+    \$74  = ovreg_3_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$74  = ovreg_2_2;
       end else begin
-        \$187  = \a$127 ;
+        \$74  = \$15 ;
       end
     end
     if (rst) begin
-      \$187  = 4'h0;
+      \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$188  = wreg_3_2;
+    \$75  = \a$91 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$188  = \w$129 ;
+        \$75  = \a$85 ;
       end
     end
     if (rst) begin
-      \$188  = 2'h0;
+      \$75  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$189  = acc_3_3;
+    \$76  = wreg_3_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$189  = acc_2_3;
       end else begin
-        \$189  = \$126 ;
+        \$76  = \w$87 ;
       end
     end
     if (rst) begin
-      \$189  = 32'd0;
+      \$76  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$190  = ovreg_3_3;
+    \$77  = \acc$95 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
-        \$190  = ovreg_2_3;
+        \$77  = \acc$72 ;
       end else begin
-        \$190  = \$128 ;
+        \$77  = \sum$151 ;
       end
     end
     if (rst) begin
-      \$190  = 1'h0;
+      \$77  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$191  = areg_3_3;
+    \$78  = ovreg_3_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
+        \$78  = ovreg_2_3;
       end else begin
-        \$191  = \a$136 ;
+        \$78  = \$16 ;
       end
     end
     if (rst) begin
-      \$191  = 4'h0;
+      \$78  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$192  = wreg_3_3;
+    \$79  = areg_3_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (drain) begin
       end else begin
-        \$192  = \w$138 ;
+        \$79  = \a$91 ;
       end
     end
     if (rst) begin
-      \$192  = 2'h0;
+      \$79  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = wreg_3_3;
+    if (en) begin
+      (* full_case = 32'd1 *)
+      if (drain) begin
+      end else begin
+        \$80  = \w$93 ;
+      end
+    end
+    if (rst) begin
+      \$80  = 2'h0;
     end
   end
   assign a = a_in[3:0];
   assign w = w_in[1:0];
-  assign flipped = \$1 [6:0];
-  assign neg = w_in[1];
-  assign wide = \$3 [32:0];
-  assign areg_0_0 = \a$16 ;
-  assign \w$18  = w_in[3:2];
-  assign \flipped$19  = \$4 [6:0];
-  assign \neg$21  = w_in[3];
-  assign \wide$22  = \$6 [32:0];
-  assign areg_0_1 = \a$24 ;
-  assign \w$26  = w_in[5:4];
-  assign \flipped$27  = \$7 [6:0];
-  assign \neg$29  = w_in[5];
-  assign \wide$30  = \$9 [32:0];
-  assign areg_0_2 = \a$32 ;
-  assign \w$34  = w_in[7:6];
-  assign \flipped$35  = \$10 [6:0];
-  assign \neg$37  = w_in[7];
-  assign \wide$38  = \$12 [32:0];
-  assign \a$40  = a_in[7:4];
-  assign wreg_0_0 = \w$41 ;
-  assign \flipped$43  = \$13 [6:0];
-  assign \neg$45  = \w$41 [1];
-  assign \wide$46  = \$15 [32:0];
-  assign areg_1_0 = \a$48 ;
-  assign wreg_0_1 = \w$50 ;
-  assign \flipped$52  = \$16 [6:0];
-  assign \neg$54  = \w$50 [1];
-  assign \wide$55  = \$18 [32:0];
-  assign areg_1_1 = \a$57 ;
-  assign wreg_0_2 = \w$59 ;
-  assign \flipped$61  = \$19 [6:0];
-  assign \neg$63  = \w$59 [1];
-  assign \wide$64  = \$21 [32:0];
-  assign areg_1_2 = \a$66 ;
-  assign wreg_0_3 = \w$68 ;
-  assign \flipped$70  = \$22 [6:0];
-  assign \neg$72  = \w$68 [1];
-  assign \wide$73  = \$24 [32:0];
-  assign \a$75  = a_in[11:8];
-  assign wreg_1_0 = \w$76 ;
-  assign \flipped$78  = \$25 [6:0];
-  assign \neg$80  = \w$76 [1];
-  assign \wide$81  = \$27 [32:0];
-  assign areg_2_0 = \a$83 ;
-  assign wreg_1_1 = \w$85 ;
-  assign \flipped$87  = \$28 [6:0];
-  assign \neg$89  = \w$85 [1];
-  assign \wide$90  = \$30 [32:0];
-  assign areg_2_1 = \a$92 ;
-  assign wreg_1_2 = \w$94 ;
-  assign \flipped$96  = \$31 [6:0];
-  assign \neg$98  = \w$94 [1];
-  assign \wide$99  = \$33 [32:0];
-  assign areg_2_2 = \a$101 ;
-  assign wreg_1_3 = \w$103 ;
-  assign \flipped$105  = \$34 [6:0];
-  assign \neg$107  = \w$103 [1];
-  assign \wide$108  = \$36 [32:0];
-  assign \a$110  = a_in[15:12];
-  assign wreg_2_0 = \w$111 ;
-  assign \flipped$113  = \$37 [6:0];
-  assign \neg$115  = \w$111 [1];
-  assign \wide$116  = \$39 [32:0];
-  assign areg_3_0 = \a$118 ;
-  assign wreg_2_1 = \w$120 ;
-  assign \flipped$122  = \$40 [6:0];
-  assign \neg$124  = \w$120 [1];
-  assign \wide$125  = \$42 [32:0];
-  assign areg_3_1 = \a$127 ;
-  assign wreg_2_2 = \w$129 ;
-  assign \flipped$131  = \$43 [6:0];
-  assign \neg$133  = \w$129 [1];
-  assign \wide$134  = \$45 [32:0];
-  assign areg_3_2 = \a$136 ;
-  assign wreg_2_3 = \w$138 ;
-  assign \flipped$140  = \$46 [6:0];
-  assign \neg$142  = \w$138 [1];
-  assign \wide$143  = \$48 [32:0];
+  assign acc_0_0 = acc;
+  assign areg_0_0 = \a$13 ;
+  assign \w$15  = w_in[3:2];
+  assign acc_0_1 = \acc$16 ;
+  assign areg_0_1 = \a$18 ;
+  assign \w$20  = w_in[5:4];
+  assign acc_0_2 = \acc$21 ;
+  assign areg_0_2 = \a$23 ;
+  assign \w$25  = w_in[7:6];
+  assign acc_0_3 = \acc$26 ;
+  assign \a$28  = a_in[7:4];
+  assign wreg_0_0 = \w$29 ;
+  assign acc_1_0 = \acc$31 ;
+  assign areg_1_0 = \a$33 ;
+  assign wreg_0_1 = \w$35 ;
+  assign acc_1_1 = \acc$37 ;
+  assign areg_1_1 = \a$39 ;
+  assign wreg_0_2 = \w$41 ;
+  assign acc_1_2 = \acc$43 ;
+  assign areg_1_2 = \a$45 ;
+  assign wreg_0_3 = \w$47 ;
+  assign acc_1_3 = \acc$49 ;
+  assign \a$51  = a_in[11:8];
+  assign wreg_1_0 = \w$52 ;
+  assign acc_2_0 = \acc$54 ;
+  assign areg_2_0 = \a$56 ;
+  assign wreg_1_1 = \w$58 ;
+  assign acc_2_1 = \acc$60 ;
+  assign areg_2_1 = \a$62 ;
+  assign wreg_1_2 = \w$64 ;
+  assign acc_2_2 = \acc$66 ;
+  assign areg_2_2 = \a$68 ;
+  assign wreg_1_3 = \w$70 ;
+  assign acc_2_3 = \acc$72 ;
+  assign \a$74  = a_in[15:12];
+  assign wreg_2_0 = \w$75 ;
+  assign acc_3_0 = \acc$77 ;
+  assign areg_3_0 = \a$79 ;
+  assign wreg_2_1 = \w$81 ;
+  assign acc_3_1 = \acc$83 ;
+  assign areg_3_1 = \a$85 ;
+  assign wreg_2_2 = \w$87 ;
+  assign acc_3_2 = \acc$89 ;
+  assign areg_3_2 = \a$91 ;
+  assign wreg_2_3 = \w$93 ;
+  assign acc_3_3 = \acc$95 ;
+  assign \a_in[0]  = a_in[3:0];
+  assign \a_in[1]  = a_in[7:4];
+  assign \a_in[2]  = a_in[11:8];
+  assign \a_in[3]  = a_in[15:12];
+  assign \w_in[0]  = w_in[1:0];
+  assign \w_in[1]  = w_in[3:2];
+  assign \w_in[2]  = w_in[5:4];
+  assign \w_in[3]  = w_in[7:6];
+  assign \out[0]  = out[31:0];
+  assign \out[1]  = out[63:32];
+  assign \out[2]  = out[95:64];
+  assign \out[3]  = out[127:96];
+  assign \ovf_out[0]  = ovf_out[0];
+  assign \ovf_out[1]  = ovf_out[1];
+  assign \ovf_out[2]  = ovf_out[2];
+  assign \ovf_out[3]  = ovf_out[3];
   assign ovf_out[3] = ovreg_3_3;
   assign ovf_out[2] = ovreg_3_2;
   assign ovf_out[1] = ovreg_3_1;
   assign ovf_out[0] = ovreg_3_0;
-  assign out[127:96] = acc_3_3;
-  assign out[95:64] = acc_3_2;
-  assign out[63:32] = acc_3_1;
-  assign out[31:0] = acc_3_0;
+  assign out[127:96] = \acc$95 ;
+  assign out[95:64] = \acc$89 ;
+  assign out[63:32] = \acc$83 ;
+  assign out[31:0] = \acc$77 ;
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_0_0 (w, term, a);
+module \qift_array_os_4x4_pot_mnz_a32.core_0_0 (w, sum, over, acc, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_0_0.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_0_0.prod (w, term, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1777,7 +1626,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_0_0 (w, term, a);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_0_1 (term, a, w);
+module \qift_array_os_4x4_pot_mnz_a32.core_0_1 (sum, over, a, acc, w);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_0_1.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_0_1.prod (term, a, w);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1793,7 +1683,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_0_1 (term, a, w);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_0_2 (term, a, w);
+module \qift_array_os_4x4_pot_mnz_a32.core_0_2 (sum, over, a, acc, w);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_0_2.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_0_2.prod (term, a, w);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1809,7 +1740,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_0_2 (term, a, w);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_0_3 (term, a, w);
+module \qift_array_os_4x4_pot_mnz_a32.core_0_3 (sum, over, a, acc, w);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_0_3.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_0_3.prod (term, a, w);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1825,7 +1797,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_0_3 (term, a, w);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_1_0 (term, w, a);
+module \qift_array_os_4x4_pot_mnz_a32.core_1_0 (sum, over, w, acc, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_1_0.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_1_0.prod (term, w, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1841,7 +1854,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_1_0 (term, w, a);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_1_1 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_1_1 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_1_1.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_1_1.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1857,7 +1911,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_1_1 (w, a, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_1_2 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_1_2 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_1_2.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_1_2.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1873,7 +1968,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_1_2 (w, a, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_1_3 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_1_3 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_1_3.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_1_3.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1889,7 +2025,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_1_3 (w, a, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_2_0 (term, w, a);
+module \qift_array_os_4x4_pot_mnz_a32.core_2_0 (sum, over, w, acc, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_2_0.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_2_0.prod (term, w, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1905,7 +2082,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_2_0 (term, w, a);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_2_1 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_2_1 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_2_1.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_2_1.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1921,7 +2139,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_2_1 (w, a, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_2_2 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_2_2 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_2_2.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_2_2.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1937,7 +2196,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_2_2 (w, a, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_2_3 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_2_3 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_2_3.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_2_3.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1953,7 +2253,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_2_3 (w, a, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_3_0 (term, w, a);
+module \qift_array_os_4x4_pot_mnz_a32.core_3_0 (sum, over, w, acc, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_3_0.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_3_0.prod (term, w, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1969,7 +2310,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_3_0 (term, w, a);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_3_1 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_3_1 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_3_1.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_3_1.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -1985,7 +2367,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_3_1 (w, a, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_3_2 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_3_2 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_3_2.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_3_2.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2001,7 +2424,48 @@ module \qift_array_os_4x4_pot_mnz_a32.prod_3_2 (w, a, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_os_4x4_pot_mnz_a32.prod_3_3 (w, a, term);
+module \qift_array_os_4x4_pot_mnz_a32.core_3_3 (over, w, a, acc, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_os_4x4_pot_mnz_a32.core_3_3.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_os_4x4_pot_mnz_a32.core_3_3.prod (w, a, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;

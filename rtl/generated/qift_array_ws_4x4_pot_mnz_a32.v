@@ -12,232 +12,140 @@
 
 module qift_array_ws_4x4_pot_mnz_a32(w_load, w_in, a_in, p_in, ovf_in, pv_in, clk, rst, p_out, ovf_out, pv_out, en);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
-  wire [7:0] \$1 ;
-  wire [7:0] \$10 ;
-  wire [31:0] \$100 ;
-  wire [31:0] \$101 ;
-  wire \$102 ;
-  wire \$103 ;
-  wire \$104 ;
-  wire [31:0] \$105 ;
-  wire [31:0] \$106 ;
-  wire \$107 ;
-  wire \$108 ;
-  wire \$109 ;
-  wire [32:0] \$11 ;
-  wire [31:0] \$110 ;
-  wire [31:0] \$111 ;
-  wire \$112 ;
-  wire \$113 ;
-  wire \$114 ;
-  wire [31:0] \$115 ;
-  wire [31:0] \$116 ;
-  wire \$117 ;
-  wire \$118 ;
-  wire \$119 ;
-  wire [33:0] \$12 ;
-  wire [31:0] \$120 ;
-  wire [31:0] \$121 ;
-  wire \$122 ;
-  wire \$123 ;
-  wire \$124 ;
-  wire [31:0] \$125 ;
-  wire [31:0] \$126 ;
-  wire \$127 ;
-  wire \$128 ;
-  reg [1:0] \$129 ;
-  wire [7:0] \$13 ;
-  reg [3:0] \$130 ;
-  reg [31:0] \$131 ;
-  reg \$132 ;
-  reg \$133 ;
-  reg [1:0] \$134 ;
-  reg [3:0] \$135 ;
-  reg [31:0] \$136 ;
-  reg \$137 ;
-  reg \$138 ;
-  reg [1:0] \$139 ;
-  wire [32:0] \$14 ;
-  reg [3:0] \$140 ;
-  reg [31:0] \$141 ;
-  reg \$142 ;
-  reg \$143 ;
-  reg [1:0] \$144 ;
-  reg [3:0] \$145 ;
-  reg [31:0] \$146 ;
-  reg \$147 ;
-  reg \$148 ;
-  reg [1:0] \$149 ;
-  wire [33:0] \$15 ;
-  reg [3:0] \$150 ;
-  reg [31:0] \$151 ;
-  reg \$152 ;
-  reg \$153 ;
-  reg [1:0] \$154 ;
-  reg [3:0] \$155 ;
-  reg [31:0] \$156 ;
-  reg \$157 ;
-  reg \$158 ;
-  reg [1:0] \$159 ;
-  wire [7:0] \$16 ;
-  reg [3:0] \$160 ;
-  reg [31:0] \$161 ;
-  reg \$162 ;
-  reg \$163 ;
-  reg [1:0] \$164 ;
-  reg [3:0] \$165 ;
-  reg [31:0] \$166 ;
-  reg \$167 ;
-  reg \$168 ;
-  reg [1:0] \$169 ;
-  wire [32:0] \$17 ;
-  reg [3:0] \$170 ;
-  reg [31:0] \$171 ;
-  reg \$172 ;
-  reg \$173 ;
-  reg [1:0] \$174 ;
-  reg [3:0] \$175 ;
-  reg [31:0] \$176 ;
-  reg \$177 ;
-  reg \$178 ;
-  reg [1:0] \$179 ;
-  wire [33:0] \$18 ;
-  reg [3:0] \$180 ;
-  reg [31:0] \$181 ;
-  reg \$182 ;
-  reg \$183 ;
-  reg [1:0] \$184 ;
-  reg [3:0] \$185 ;
-  reg [31:0] \$186 ;
-  reg \$187 ;
-  reg \$188 ;
-  reg [1:0] \$189 ;
-  wire [7:0] \$19 ;
-  reg [3:0] \$190 ;
-  reg [31:0] \$191 ;
-  reg \$192 ;
-  reg \$193 ;
-  reg [1:0] \$194 ;
-  reg [3:0] \$195 ;
-  reg [31:0] \$196 ;
-  reg \$197 ;
-  reg \$198 ;
-  reg [1:0] \$199 ;
-  wire [32:0] \$2 ;
-  wire [32:0] \$20 ;
-  reg [3:0] \$200 ;
-  reg [31:0] \$201 ;
-  reg \$202 ;
-  reg \$203 ;
-  reg [1:0] \$204 ;
-  reg [3:0] \$205 ;
-  reg [31:0] \$206 ;
-  reg \$207 ;
-  reg \$208 ;
-  wire [33:0] \$21 ;
-  wire [7:0] \$22 ;
-  wire [32:0] \$23 ;
-  wire [33:0] \$24 ;
-  wire [7:0] \$25 ;
-  wire [32:0] \$26 ;
-  wire [33:0] \$27 ;
-  wire [7:0] \$28 ;
-  wire [32:0] \$29 ;
-  wire [33:0] \$3 ;
-  wire [33:0] \$30 ;
-  wire [7:0] \$31 ;
-  wire [32:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [7:0] \$34 ;
-  wire [32:0] \$35 ;
-  wire [33:0] \$36 ;
-  wire [7:0] \$37 ;
-  wire [32:0] \$38 ;
-  wire [33:0] \$39 ;
-  wire [7:0] \$4 ;
-  wire [7:0] \$40 ;
-  wire [32:0] \$41 ;
-  wire [33:0] \$42 ;
-  wire [7:0] \$43 ;
-  wire [32:0] \$44 ;
-  wire [33:0] \$45 ;
-  wire [7:0] \$46 ;
-  wire [32:0] \$47 ;
-  wire [33:0] \$48 ;
-  wire \$49 ;
-  wire [32:0] \$5 ;
-  wire [31:0] \$50 ;
-  wire [31:0] \$51 ;
-  wire \$52 ;
-  wire \$53 ;
-  wire \$54 ;
-  wire [31:0] \$55 ;
-  wire [31:0] \$56 ;
-  wire \$57 ;
-  wire \$58 ;
-  wire \$59 ;
-  wire [33:0] \$6 ;
-  wire [31:0] \$60 ;
-  wire [31:0] \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire \$64 ;
-  wire [31:0] \$65 ;
-  wire [31:0] \$66 ;
-  wire \$67 ;
-  wire \$68 ;
-  wire \$69 ;
-  wire [7:0] \$7 ;
-  wire [31:0] \$70 ;
-  wire [31:0] \$71 ;
-  wire \$72 ;
-  wire \$73 ;
-  wire \$74 ;
-  wire [31:0] \$75 ;
-  wire [31:0] \$76 ;
-  wire \$77 ;
-  wire \$78 ;
-  wire \$79 ;
-  wire [32:0] \$8 ;
-  wire [31:0] \$80 ;
-  wire [31:0] \$81 ;
-  wire \$82 ;
-  wire \$83 ;
-  wire \$84 ;
-  wire [31:0] \$85 ;
-  wire [31:0] \$86 ;
-  wire \$87 ;
-  wire \$88 ;
-  wire \$89 ;
-  wire [33:0] \$9 ;
-  wire [31:0] \$90 ;
-  wire [31:0] \$91 ;
-  wire \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire [31:0] \$95 ;
-  wire [31:0] \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  reg [1:0] \$17 ;
+  reg [3:0] \$18 ;
+  reg [31:0] \$19 ;
+  wire \$2 ;
+  reg \$20 ;
+  reg \$21 ;
+  reg [1:0] \$22 ;
+  reg [3:0] \$23 ;
+  reg [31:0] \$24 ;
+  reg \$25 ;
+  reg \$26 ;
+  reg [1:0] \$27 ;
+  reg [3:0] \$28 ;
+  reg [31:0] \$29 ;
+  wire \$3 ;
+  reg \$30 ;
+  reg \$31 ;
+  reg [1:0] \$32 ;
+  reg [3:0] \$33 ;
+  reg [31:0] \$34 ;
+  reg \$35 ;
+  reg \$36 ;
+  reg [1:0] \$37 ;
+  reg [3:0] \$38 ;
+  reg [31:0] \$39 ;
+  wire \$4 ;
+  reg \$40 ;
+  reg \$41 ;
+  reg [1:0] \$42 ;
+  reg [3:0] \$43 ;
+  reg [31:0] \$44 ;
+  reg \$45 ;
+  reg \$46 ;
+  reg [1:0] \$47 ;
+  reg [3:0] \$48 ;
+  reg [31:0] \$49 ;
+  wire \$5 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg [1:0] \$52 ;
+  reg [3:0] \$53 ;
+  reg [31:0] \$54 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg [1:0] \$57 ;
+  reg [3:0] \$58 ;
+  reg [31:0] \$59 ;
+  wire \$6 ;
+  reg \$60 ;
+  reg \$61 ;
+  reg [1:0] \$62 ;
+  reg [3:0] \$63 ;
+  reg [31:0] \$64 ;
+  reg \$65 ;
+  reg \$66 ;
+  reg [1:0] \$67 ;
+  reg [3:0] \$68 ;
+  reg [31:0] \$69 ;
+  wire \$7 ;
+  reg \$70 ;
+  reg \$71 ;
+  reg [1:0] \$72 ;
+  reg [3:0] \$73 ;
+  reg [31:0] \$74 ;
+  reg \$75 ;
+  reg \$76 ;
+  reg [1:0] \$77 ;
+  reg [3:0] \$78 ;
+  reg [31:0] \$79 ;
+  wire \$8 ;
+  reg \$80 ;
+  reg \$81 ;
+  reg [1:0] \$82 ;
+  reg [3:0] \$83 ;
+  reg [31:0] \$84 ;
+  reg \$85 ;
+  reg \$86 ;
+  reg [1:0] \$87 ;
+  reg [3:0] \$88 ;
+  reg [31:0] \$89 ;
+  wire \$9 ;
+  reg \$90 ;
+  reg \$91 ;
+  reg [1:0] \$92 ;
+  reg [3:0] \$93 ;
+  reg [31:0] \$94 ;
+  reg \$95 ;
+  reg \$96 ;
   wire [3:0] a;
-  reg [3:0] \a$104  = 4'h0;
-  wire [3:0] \a$113 ;
-  reg [3:0] \a$121  = 4'h0;
-  reg [3:0] \a$130  = 4'h0;
-  reg [3:0] \a$139  = 4'h0;
-  reg [3:0] \a$19  = 4'h0;
-  reg [3:0] \a$27  = 4'h0;
-  reg [3:0] \a$35  = 4'h0;
-  wire [3:0] \a$43 ;
-  reg [3:0] \a$51  = 4'h0;
-  reg [3:0] \a$60  = 4'h0;
-  reg [3:0] \a$69  = 4'h0;
-  wire [3:0] \a$78 ;
-  reg [3:0] \a$86  = 4'h0;
-  reg [3:0] \a$95  = 4'h0;
+  reg [3:0] \a$16  = 4'h0;
+  reg [3:0] \a$21  = 4'h0;
+  reg [3:0] \a$26  = 4'h0;
+  wire [3:0] \a$31 ;
+  reg [3:0] \a$36  = 4'h0;
+  reg [3:0] \a$42  = 4'h0;
+  reg [3:0] \a$48  = 4'h0;
+  wire [3:0] \a$54 ;
+  reg [3:0] \a$59  = 4'h0;
+  reg [3:0] \a$65  = 4'h0;
+  reg [3:0] \a$71  = 4'h0;
+  wire [3:0] \a$77 ;
+  reg [3:0] \a$82  = 4'h0;
+  reg [3:0] \a$88  = 4'h0;
+  reg [3:0] \a$94  = 4'h0;
   input [15:0] a_in;
   wire [15:0] a_in;
+  wire [3:0] \a_in[0] ;
+  wire [3:0] \a_in[1] ;
+  wire [3:0] \a_in[2] ;
+  wire [3:0] \a_in[3] ;
+  wire [31:0] acc;
+  wire [31:0] \acc$20 ;
+  wire [31:0] \acc$25 ;
+  wire [31:0] \acc$30 ;
+  reg [31:0] \acc$34  = 32'd0;
+  reg [31:0] \acc$40  = 32'd0;
+  reg [31:0] \acc$46  = 32'd0;
+  reg [31:0] \acc$52  = 32'd0;
+  reg [31:0] \acc$57  = 32'd0;
+  reg [31:0] \acc$63  = 32'd0;
+  reg [31:0] \acc$69  = 32'd0;
+  reg [31:0] \acc$75  = 32'd0;
+  reg [31:0] \acc$80  = 32'd0;
+  reg [31:0] \acc$86  = 32'd0;
+  reg [31:0] \acc$92  = 32'd0;
+  reg [31:0] \acc$98  = 32'd0;
   (* init = 4'h0 *)
   wire [3:0] areg_0_0;
   (* init = 4'h0 *)
@@ -270,42 +178,34 @@ module qift_array_ws_4x4_pot_mnz_a32(w_load, w_in, a_in, p_in, ovf_in, pv_in, cl
   wire clk;
   input en;
   wire en;
-  wire [6:0] flipped;
-  wire [6:0] \flipped$108 ;
-  wire [6:0] \flipped$116 ;
-  wire [6:0] \flipped$125 ;
-  wire [6:0] \flipped$134 ;
-  wire [6:0] \flipped$143 ;
-  wire [6:0] \flipped$23 ;
-  wire [6:0] \flipped$31 ;
-  wire [6:0] \flipped$39 ;
-  wire [6:0] \flipped$46 ;
-  wire [6:0] \flipped$55 ;
-  wire [6:0] \flipped$64 ;
-  wire [6:0] \flipped$73 ;
-  wire [6:0] \flipped$81 ;
-  wire [6:0] \flipped$90 ;
-  wire [6:0] \flipped$99 ;
-  wire neg;
-  wire \neg$101 ;
-  wire \neg$110 ;
-  wire \neg$118 ;
-  wire \neg$127 ;
-  wire \neg$136 ;
-  wire \neg$145 ;
-  wire \neg$25 ;
-  wire \neg$33 ;
-  wire \neg$41 ;
-  wire \neg$48 ;
-  wire \neg$57 ;
-  wire \neg$66 ;
-  wire \neg$75 ;
-  wire \neg$83 ;
-  wire \neg$92 ;
+  wire over;
+  wire \over$118 ;
+  wire \over$122 ;
+  wire \over$127 ;
+  wire \over$131 ;
+  wire \over$135 ;
+  wire \over$139 ;
+  wire \over$144 ;
+  wire \over$148 ;
+  wire \over$152 ;
+  wire \over$156 ;
+  wire \over$161 ;
+  wire \over$164 ;
+  wire \over$166 ;
+  wire \over$168 ;
+  wire \over$171 ;
   input [3:0] ovf_in;
   wire [3:0] ovf_in;
+  wire \ovf_in[0] ;
+  wire \ovf_in[1] ;
+  wire \ovf_in[2] ;
+  wire \ovf_in[3] ;
   output [3:0] ovf_out;
   wire [3:0] ovf_out;
+  wire \ovf_out[0] ;
+  wire \ovf_out[1] ;
+  wire \ovf_out[2] ;
+  wire \ovf_out[3] ;
   reg ovreg_0_0 = 1'h0;
   reg ovreg_0_1 = 1'h0;
   reg ovreg_0_2 = 1'h0;
@@ -324,28 +224,56 @@ module qift_array_ws_4x4_pot_mnz_a32(w_load, w_in, a_in, p_in, ovf_in, pv_in, cl
   reg ovreg_3_3 = 1'h0;
   input [127:0] p_in;
   wire [127:0] p_in;
+  wire [31:0] \p_in[0] ;
+  wire [31:0] \p_in[1] ;
+  wire [31:0] \p_in[2] ;
+  wire [31:0] \p_in[3] ;
   output [127:0] p_out;
   wire [127:0] p_out;
-  reg [31:0] preg_0_0 = 32'd0;
-  reg [31:0] preg_0_1 = 32'd0;
-  reg [31:0] preg_0_2 = 32'd0;
-  reg [31:0] preg_0_3 = 32'd0;
-  reg [31:0] preg_1_0 = 32'd0;
-  reg [31:0] preg_1_1 = 32'd0;
-  reg [31:0] preg_1_2 = 32'd0;
-  reg [31:0] preg_1_3 = 32'd0;
-  reg [31:0] preg_2_0 = 32'd0;
-  reg [31:0] preg_2_1 = 32'd0;
-  reg [31:0] preg_2_2 = 32'd0;
-  reg [31:0] preg_2_3 = 32'd0;
+  wire [31:0] \p_out[0] ;
+  wire [31:0] \p_out[1] ;
+  wire [31:0] \p_out[2] ;
+  wire [31:0] \p_out[3] ;
+  (* init = 32'd0 *)
+  wire [31:0] preg_0_0;
+  (* init = 32'd0 *)
+  wire [31:0] preg_0_1;
+  (* init = 32'd0 *)
+  wire [31:0] preg_0_2;
+  (* init = 32'd0 *)
+  wire [31:0] preg_0_3;
+  (* init = 32'd0 *)
+  wire [31:0] preg_1_0;
+  (* init = 32'd0 *)
+  wire [31:0] preg_1_1;
+  (* init = 32'd0 *)
+  wire [31:0] preg_1_2;
+  (* init = 32'd0 *)
+  wire [31:0] preg_1_3;
+  (* init = 32'd0 *)
+  wire [31:0] preg_2_0;
+  (* init = 32'd0 *)
+  wire [31:0] preg_2_1;
+  (* init = 32'd0 *)
+  wire [31:0] preg_2_2;
+  (* init = 32'd0 *)
+  wire [31:0] preg_2_3;
   reg [31:0] preg_3_0 = 32'd0;
   reg [31:0] preg_3_1 = 32'd0;
   reg [31:0] preg_3_2 = 32'd0;
   reg [31:0] preg_3_3 = 32'd0;
   input [3:0] pv_in;
   wire [3:0] pv_in;
+  wire \pv_in[0] ;
+  wire \pv_in[1] ;
+  wire \pv_in[2] ;
+  wire \pv_in[3] ;
   output [3:0] pv_out;
   wire [3:0] pv_out;
+  wire \pv_out[0] ;
+  wire \pv_out[1] ;
+  wire \pv_out[2] ;
+  wire \pv_out[3] ;
   reg pvreg_0_0 = 1'h0;
   reg pvreg_0_1 = 1'h0;
   reg pvreg_0_2 = 1'h0;
@@ -364,58 +292,46 @@ module qift_array_ws_4x4_pot_mnz_a32(w_load, w_in, a_in, p_in, ovf_in, pv_in, cl
   reg pvreg_3_3 = 1'h0;
   input rst;
   wire rst;
-  wire [6:0] term;
-  wire [6:0] \term$100 ;
-  wire [6:0] \term$109 ;
-  wire [6:0] \term$117 ;
-  wire [6:0] \term$126 ;
-  wire [6:0] \term$135 ;
-  wire [6:0] \term$144 ;
-  wire [6:0] \term$24 ;
-  wire [6:0] \term$32 ;
-  wire [6:0] \term$40 ;
-  wire [6:0] \term$47 ;
-  wire [6:0] \term$56 ;
-  wire [6:0] \term$65 ;
-  wire [6:0] \term$74 ;
-  wire [6:0] \term$82 ;
-  wire [6:0] \term$91 ;
+  wire [31:0] sum;
+  wire [31:0] \sum$116 ;
+  wire [31:0] \sum$120 ;
+  wire [31:0] \sum$125 ;
+  wire [31:0] \sum$129 ;
+  wire [31:0] \sum$133 ;
+  wire [31:0] \sum$137 ;
+  wire [31:0] \sum$142 ;
+  wire [31:0] \sum$146 ;
+  wire [31:0] \sum$150 ;
+  wire [31:0] \sum$154 ;
+  wire [31:0] \sum$159 ;
+  wire [31:0] \sum$163 ;
+  wire [31:0] \sum$165 ;
+  wire [31:0] \sum$167 ;
+  wire [31:0] \sum$170 ;
   reg [1:0] w = 2'h0;
-  reg [1:0] \w$106  = 2'h0;
-  reg [1:0] \w$114  = 2'h0;
-  reg [1:0] \w$123  = 2'h0;
-  reg [1:0] \w$132  = 2'h0;
-  reg [1:0] \w$141  = 2'h0;
-  reg [1:0] \w$21  = 2'h0;
-  reg [1:0] \w$29  = 2'h0;
-  reg [1:0] \w$37  = 2'h0;
+  reg [1:0] \w$18  = 2'h0;
+  reg [1:0] \w$23  = 2'h0;
+  reg [1:0] \w$28  = 2'h0;
+  reg [1:0] \w$32  = 2'h0;
+  reg [1:0] \w$38  = 2'h0;
   reg [1:0] \w$44  = 2'h0;
-  reg [1:0] \w$53  = 2'h0;
-  reg [1:0] \w$62  = 2'h0;
-  reg [1:0] \w$71  = 2'h0;
-  reg [1:0] \w$79  = 2'h0;
-  reg [1:0] \w$88  = 2'h0;
-  reg [1:0] \w$97  = 2'h0;
+  reg [1:0] \w$50  = 2'h0;
+  reg [1:0] \w$55  = 2'h0;
+  reg [1:0] \w$61  = 2'h0;
+  reg [1:0] \w$67  = 2'h0;
+  reg [1:0] \w$73  = 2'h0;
+  reg [1:0] \w$78  = 2'h0;
+  reg [1:0] \w$84  = 2'h0;
+  reg [1:0] \w$90  = 2'h0;
+  reg [1:0] \w$96  = 2'h0;
   input [7:0] w_in;
   wire [7:0] w_in;
+  wire [1:0] \w_in[0] ;
+  wire [1:0] \w_in[1] ;
+  wire [1:0] \w_in[2] ;
+  wire [1:0] \w_in[3] ;
   input w_load;
   wire w_load;
-  wire [32:0] wide;
-  wire [32:0] \wide$102 ;
-  wire [32:0] \wide$111 ;
-  wire [32:0] \wide$119 ;
-  wire [32:0] \wide$128 ;
-  wire [32:0] \wide$137 ;
-  wire [32:0] \wide$146 ;
-  wire [32:0] \wide$26 ;
-  wire [32:0] \wide$34 ;
-  wire [32:0] \wide$42 ;
-  wire [32:0] \wide$49 ;
-  wire [32:0] \wide$58 ;
-  wire [32:0] \wide$67 ;
-  wire [32:0] \wide$76 ;
-  wire [32:0] \wide$84 ;
-  wire [32:0] \wide$93 ;
   (* init = 2'h0 *)
   wire [1:0] wreg_0_0;
   (* init = 2'h0 *)
@@ -448,1542 +364,1462 @@ module qift_array_ws_4x4_pot_mnz_a32(w_load, w_in, a_in, p_in, ovf_in, pv_in, cl
   wire [1:0] wreg_3_2;
   (* init = 2'h0 *)
   wire [1:0] wreg_3_3;
-  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
-  assign \$2  = $signed(p_in[31:0]) + $signed(\$1 [6:0]);
-  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
-  assign \$4  = { \term$24 [6], \term$24  } ^ { 1'h0, \w$21 [1], \w$21 [1], \w$21 [1], \w$21 [1], \w$21 [1], \w$21 [1], \w$21 [1] };
-  assign \$5  = $signed(p_in[63:32]) + $signed(\$4 [6:0]);
-  assign \$6  = $signed(\$5 ) + $signed({ 1'h0, \w$21 [1] });
-  assign \$7  = { \term$32 [6], \term$32  } ^ { 1'h0, \w$29 [1], \w$29 [1], \w$29 [1], \w$29 [1], \w$29 [1], \w$29 [1], \w$29 [1] };
-  assign \$8  = $signed(p_in[95:64]) + $signed(\$7 [6:0]);
-  assign \$9  = $signed(\$8 ) + $signed({ 1'h0, \w$29 [1] });
-  assign \$10  = { \term$40 [6], \term$40  } ^ { 1'h0, \w$37 [1], \w$37 [1], \w$37 [1], \w$37 [1], \w$37 [1], \w$37 [1], \w$37 [1] };
-  assign \$11  = $signed(p_in[127:96]) + $signed(\$10 [6:0]);
-  assign \$12  = $signed(\$11 ) + $signed({ 1'h0, \w$37 [1] });
-  assign \$13  = { \term$47 [6], \term$47  } ^ { 1'h0, \w$44 [1], \w$44 [1], \w$44 [1], \w$44 [1], \w$44 [1], \w$44 [1], \w$44 [1] };
-  assign \$14  = $signed(preg_0_0) + $signed(\$13 [6:0]);
-  assign \$15  = $signed(\$14 ) + $signed({ 1'h0, \w$44 [1] });
-  assign \$16  = { \term$56 [6], \term$56  } ^ { 1'h0, \w$53 [1], \w$53 [1], \w$53 [1], \w$53 [1], \w$53 [1], \w$53 [1], \w$53 [1] };
-  assign \$17  = $signed(preg_0_1) + $signed(\$16 [6:0]);
-  assign \$18  = $signed(\$17 ) + $signed({ 1'h0, \w$53 [1] });
-  assign \$19  = { \term$65 [6], \term$65  } ^ { 1'h0, \w$62 [1], \w$62 [1], \w$62 [1], \w$62 [1], \w$62 [1], \w$62 [1], \w$62 [1] };
-  assign \$20  = $signed(preg_0_2) + $signed(\$19 [6:0]);
-  assign \$21  = $signed(\$20 ) + $signed({ 1'h0, \w$62 [1] });
-  assign \$22  = { \term$74 [6], \term$74  } ^ { 1'h0, \w$71 [1], \w$71 [1], \w$71 [1], \w$71 [1], \w$71 [1], \w$71 [1], \w$71 [1] };
-  assign \$23  = $signed(preg_0_3) + $signed(\$22 [6:0]);
-  assign \$24  = $signed(\$23 ) + $signed({ 1'h0, \w$71 [1] });
-  assign \$25  = { \term$82 [6], \term$82  } ^ { 1'h0, \w$79 [1], \w$79 [1], \w$79 [1], \w$79 [1], \w$79 [1], \w$79 [1], \w$79 [1] };
-  assign \$26  = $signed(preg_1_0) + $signed(\$25 [6:0]);
-  assign \$27  = $signed(\$26 ) + $signed({ 1'h0, \w$79 [1] });
-  assign \$28  = { \term$91 [6], \term$91  } ^ { 1'h0, \w$88 [1], \w$88 [1], \w$88 [1], \w$88 [1], \w$88 [1], \w$88 [1], \w$88 [1] };
-  assign \$29  = $signed(preg_1_1) + $signed(\$28 [6:0]);
-  assign \$30  = $signed(\$29 ) + $signed({ 1'h0, \w$88 [1] });
-  assign \$31  = { \term$100 [6], \term$100  } ^ { 1'h0, \w$97 [1], \w$97 [1], \w$97 [1], \w$97 [1], \w$97 [1], \w$97 [1], \w$97 [1] };
-  assign \$32  = $signed(preg_1_2) + $signed(\$31 [6:0]);
-  assign \$33  = $signed(\$32 ) + $signed({ 1'h0, \w$97 [1] });
-  assign \$34  = { \term$109 [6], \term$109  } ^ { 1'h0, \w$106 [1], \w$106 [1], \w$106 [1], \w$106 [1], \w$106 [1], \w$106 [1], \w$106 [1] };
-  assign \$35  = $signed(preg_1_3) + $signed(\$34 [6:0]);
-  assign \$36  = $signed(\$35 ) + $signed({ 1'h0, \w$106 [1] });
-  assign \$37  = { \term$117 [6], \term$117  } ^ { 1'h0, \w$114 [1], \w$114 [1], \w$114 [1], \w$114 [1], \w$114 [1], \w$114 [1], \w$114 [1] };
-  assign \$38  = $signed(preg_2_0) + $signed(\$37 [6:0]);
-  assign \$39  = $signed(\$38 ) + $signed({ 1'h0, \w$114 [1] });
-  assign \$40  = { \term$126 [6], \term$126  } ^ { 1'h0, \w$123 [1], \w$123 [1], \w$123 [1], \w$123 [1], \w$123 [1], \w$123 [1], \w$123 [1] };
-  assign \$41  = $signed(preg_2_1) + $signed(\$40 [6:0]);
-  assign \$42  = $signed(\$41 ) + $signed({ 1'h0, \w$123 [1] });
-  assign \$43  = { \term$135 [6], \term$135  } ^ { 1'h0, \w$132 [1], \w$132 [1], \w$132 [1], \w$132 [1], \w$132 [1], \w$132 [1], \w$132 [1] };
-  assign \$44  = $signed(preg_2_2) + $signed(\$43 [6:0]);
-  assign \$45  = $signed(\$44 ) + $signed({ 1'h0, \w$132 [1] });
-  assign \$46  = { \term$144 [6], \term$144  } ^ { 1'h0, \w$141 [1], \w$141 [1], \w$141 [1], \w$141 [1], \w$141 [1], \w$141 [1], \w$141 [1] };
-  assign \$47  = $signed(preg_2_3) + $signed(\$46 [6:0]);
-  assign \$48  = $signed(\$47 ) + $signed({ 1'h0, \w$141 [1] });
-  assign \$49  = \$3 [32] != \$3 [31];
-  assign \$50  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$51  = \$49  ? \$50  : \$3 [31:0];
-  assign \$52  = \$3 [32] != \$3 [31];
-  assign \$53  = ovf_in[0] | \$52 ;
-  assign \$54  = \$6 [32] != \$6 [31];
-  assign \$55  = \$6 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$56  = \$54  ? \$55  : \$6 [31:0];
-  assign \$57  = \$6 [32] != \$6 [31];
-  assign \$58  = ovf_in[1] | \$57 ;
-  assign \$59  = \$9 [32] != \$9 [31];
-  assign \$60  = \$9 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$61  = \$59  ? \$60  : \$9 [31:0];
-  assign \$62  = \$9 [32] != \$9 [31];
-  assign \$63  = ovf_in[2] | \$62 ;
-  assign \$64  = \$12 [32] != \$12 [31];
-  assign \$65  = \$12 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$66  = \$64  ? \$65  : \$12 [31:0];
-  assign \$67  = \$12 [32] != \$12 [31];
-  assign \$68  = ovf_in[3] | \$67 ;
-  assign \$69  = \$15 [32] != \$15 [31];
-  assign \$70  = \$15 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$71  = \$69  ? \$70  : \$15 [31:0];
-  assign \$72  = \$15 [32] != \$15 [31];
-  assign \$73  = ovreg_0_0 | \$72 ;
-  assign \$74  = \$18 [32] != \$18 [31];
-  assign \$75  = \$18 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$76  = \$74  ? \$75  : \$18 [31:0];
-  assign \$77  = \$18 [32] != \$18 [31];
-  assign \$78  = ovreg_0_1 | \$77 ;
-  assign \$79  = \$21 [32] != \$21 [31];
-  assign \$80  = \$21 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$81  = \$79  ? \$80  : \$21 [31:0];
-  assign \$82  = \$21 [32] != \$21 [31];
-  assign \$83  = ovreg_0_2 | \$82 ;
-  assign \$84  = \$24 [32] != \$24 [31];
-  assign \$85  = \$24 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$86  = \$84  ? \$85  : \$24 [31:0];
-  assign \$87  = \$24 [32] != \$24 [31];
-  assign \$88  = ovreg_0_3 | \$87 ;
-  assign \$89  = \$27 [32] != \$27 [31];
-  assign \$90  = \$27 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$91  = \$89  ? \$90  : \$27 [31:0];
-  assign \$92  = \$27 [32] != \$27 [31];
-  assign \$93  = ovreg_1_0 | \$92 ;
-  assign \$94  = \$30 [32] != \$30 [31];
-  assign \$95  = \$30 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$96  = \$94  ? \$95  : \$30 [31:0];
-  assign \$97  = \$30 [32] != \$30 [31];
-  assign \$98  = ovreg_1_1 | \$97 ;
-  assign \$99  = \$33 [32] != \$33 [31];
-  assign \$100  = \$33 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$101  = \$99  ? \$100  : \$33 [31:0];
-  assign \$102  = \$33 [32] != \$33 [31];
-  assign \$103  = ovreg_1_2 | \$102 ;
-  assign \$104  = \$36 [32] != \$36 [31];
-  assign \$105  = \$36 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$106  = \$104  ? \$105  : \$36 [31:0];
-  assign \$107  = \$36 [32] != \$36 [31];
-  assign \$108  = ovreg_1_3 | \$107 ;
-  assign \$109  = \$39 [32] != \$39 [31];
-  assign \$110  = \$39 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$111  = \$109  ? \$110  : \$39 [31:0];
-  assign \$112  = \$39 [32] != \$39 [31];
-  assign \$113  = ovreg_2_0 | \$112 ;
-  assign \$114  = \$42 [32] != \$42 [31];
-  assign \$115  = \$42 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$116  = \$114  ? \$115  : \$42 [31:0];
-  assign \$117  = \$42 [32] != \$42 [31];
-  assign \$118  = ovreg_2_1 | \$117 ;
-  assign \$119  = \$45 [32] != \$45 [31];
-  assign \$120  = \$45 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$121  = \$119  ? \$120  : \$45 [31:0];
-  assign \$122  = \$45 [32] != \$45 [31];
-  assign \$123  = ovreg_2_2 | \$122 ;
-  assign \$124  = \$48 [32] != \$48 [31];
-  assign \$125  = \$48 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$126  = \$124  ? \$125  : \$48 [31:0];
-  assign \$127  = \$48 [32] != \$48 [31];
-  assign \$128  = ovreg_2_3 | \$127 ;
+  assign \$4  = ovf_in[3] | \over$127 ;
+  assign \$5  = ovreg_0_0 | \over$131 ;
+  assign \$6  = ovreg_0_1 | \over$135 ;
+  assign \$7  = ovreg_0_2 | \over$139 ;
+  assign \$8  = ovreg_0_3 | \over$144 ;
+  assign \$9  = ovreg_1_0 | \over$148 ;
+  assign \$10  = ovreg_1_1 | \over$152 ;
+  assign \$11  = ovreg_1_2 | \over$156 ;
+  assign \$12  = ovreg_1_3 | \over$161 ;
+  assign \$13  = ovreg_2_0 | \over$164 ;
+  assign \$14  = ovreg_2_1 | \over$166 ;
+  assign \$15  = ovreg_2_2 | \over$168 ;
+  assign \$16  = ovreg_2_3 | \over$171 ;
   always @(posedge clk)
-    w <= \$129 ;
+    w <= \$17 ;
   always @(posedge clk)
-    \a$19  <= \$130 ;
+    \a$16  <= \$18 ;
   always @(posedge clk)
-    preg_0_0 <= \$131 ;
+    \acc$34  <= \$19 ;
   always @(posedge clk)
-    ovreg_0_0 <= \$132 ;
+    ovreg_0_0 <= \$20 ;
   always @(posedge clk)
-    pvreg_0_0 <= \$133 ;
+    pvreg_0_0 <= \$21 ;
   always @(posedge clk)
-    \w$21  <= \$134 ;
+    \w$18  <= \$22 ;
   always @(posedge clk)
-    \a$27  <= \$135 ;
+    \a$21  <= \$23 ;
   always @(posedge clk)
-    preg_0_1 <= \$136 ;
+    \acc$40  <= \$24 ;
   always @(posedge clk)
-    ovreg_0_1 <= \$137 ;
+    ovreg_0_1 <= \$25 ;
   always @(posedge clk)
-    pvreg_0_1 <= \$138 ;
+    pvreg_0_1 <= \$26 ;
   always @(posedge clk)
-    \w$29  <= \$139 ;
+    \w$23  <= \$27 ;
   always @(posedge clk)
-    \a$35  <= \$140 ;
+    \a$26  <= \$28 ;
   always @(posedge clk)
-    preg_0_2 <= \$141 ;
+    \acc$46  <= \$29 ;
   always @(posedge clk)
-    ovreg_0_2 <= \$142 ;
+    ovreg_0_2 <= \$30 ;
   always @(posedge clk)
-    pvreg_0_2 <= \$143 ;
+    pvreg_0_2 <= \$31 ;
   always @(posedge clk)
-    \w$37  <= \$144 ;
+    \w$28  <= \$32 ;
   always @(posedge clk)
-    areg_0_3 <= \$145 ;
+    areg_0_3 <= \$33 ;
   always @(posedge clk)
-    preg_0_3 <= \$146 ;
+    \acc$52  <= \$34 ;
   always @(posedge clk)
-    ovreg_0_3 <= \$147 ;
+    ovreg_0_3 <= \$35 ;
   always @(posedge clk)
-    pvreg_0_3 <= \$148 ;
+    pvreg_0_3 <= \$36 ;
   always @(posedge clk)
-    \w$44  <= \$149 ;
+    \w$32  <= \$37 ;
   always @(posedge clk)
-    \a$51  <= \$150 ;
+    \a$36  <= \$38 ;
   always @(posedge clk)
-    preg_1_0 <= \$151 ;
+    \acc$57  <= \$39 ;
   always @(posedge clk)
-    ovreg_1_0 <= \$152 ;
+    ovreg_1_0 <= \$40 ;
   always @(posedge clk)
-    pvreg_1_0 <= \$153 ;
+    pvreg_1_0 <= \$41 ;
   always @(posedge clk)
-    \w$53  <= \$154 ;
+    \w$38  <= \$42 ;
   always @(posedge clk)
-    \a$60  <= \$155 ;
+    \a$42  <= \$43 ;
   always @(posedge clk)
-    preg_1_1 <= \$156 ;
+    \acc$63  <= \$44 ;
   always @(posedge clk)
-    ovreg_1_1 <= \$157 ;
+    ovreg_1_1 <= \$45 ;
   always @(posedge clk)
-    pvreg_1_1 <= \$158 ;
+    pvreg_1_1 <= \$46 ;
   always @(posedge clk)
-    \w$62  <= \$159 ;
+    \w$44  <= \$47 ;
   always @(posedge clk)
-    \a$69  <= \$160 ;
+    \a$48  <= \$48 ;
   always @(posedge clk)
-    preg_1_2 <= \$161 ;
+    \acc$69  <= \$49 ;
   always @(posedge clk)
-    ovreg_1_2 <= \$162 ;
+    ovreg_1_2 <= \$50 ;
   always @(posedge clk)
-    pvreg_1_2 <= \$163 ;
+    pvreg_1_2 <= \$51 ;
   always @(posedge clk)
-    \w$71  <= \$164 ;
+    \w$50  <= \$52 ;
   always @(posedge clk)
-    areg_1_3 <= \$165 ;
+    areg_1_3 <= \$53 ;
   always @(posedge clk)
-    preg_1_3 <= \$166 ;
+    \acc$75  <= \$54 ;
   always @(posedge clk)
-    ovreg_1_3 <= \$167 ;
+    ovreg_1_3 <= \$55 ;
   always @(posedge clk)
-    pvreg_1_3 <= \$168 ;
+    pvreg_1_3 <= \$56 ;
   always @(posedge clk)
-    \w$79  <= \$169 ;
+    \w$55  <= \$57 ;
   always @(posedge clk)
-    \a$86  <= \$170 ;
+    \a$59  <= \$58 ;
   always @(posedge clk)
-    preg_2_0 <= \$171 ;
+    \acc$80  <= \$59 ;
   always @(posedge clk)
-    ovreg_2_0 <= \$172 ;
+    ovreg_2_0 <= \$60 ;
   always @(posedge clk)
-    pvreg_2_0 <= \$173 ;
+    pvreg_2_0 <= \$61 ;
   always @(posedge clk)
-    \w$88  <= \$174 ;
+    \w$61  <= \$62 ;
   always @(posedge clk)
-    \a$95  <= \$175 ;
+    \a$65  <= \$63 ;
   always @(posedge clk)
-    preg_2_1 <= \$176 ;
+    \acc$86  <= \$64 ;
   always @(posedge clk)
-    ovreg_2_1 <= \$177 ;
+    ovreg_2_1 <= \$65 ;
   always @(posedge clk)
-    pvreg_2_1 <= \$178 ;
+    pvreg_2_1 <= \$66 ;
   always @(posedge clk)
-    \w$97  <= \$179 ;
+    \w$67  <= \$67 ;
   always @(posedge clk)
-    \a$104  <= \$180 ;
+    \a$71  <= \$68 ;
   always @(posedge clk)
-    preg_2_2 <= \$181 ;
+    \acc$92  <= \$69 ;
   always @(posedge clk)
-    ovreg_2_2 <= \$182 ;
+    ovreg_2_2 <= \$70 ;
   always @(posedge clk)
-    pvreg_2_2 <= \$183 ;
+    pvreg_2_2 <= \$71 ;
   always @(posedge clk)
-    \w$106  <= \$184 ;
+    \w$73  <= \$72 ;
   always @(posedge clk)
-    areg_2_3 <= \$185 ;
+    areg_2_3 <= \$73 ;
   always @(posedge clk)
-    preg_2_3 <= \$186 ;
+    \acc$98  <= \$74 ;
   always @(posedge clk)
-    ovreg_2_3 <= \$187 ;
+    ovreg_2_3 <= \$75 ;
   always @(posedge clk)
-    pvreg_2_3 <= \$188 ;
+    pvreg_2_3 <= \$76 ;
   always @(posedge clk)
-    \w$114  <= \$189 ;
+    \w$78  <= \$77 ;
   always @(posedge clk)
-    \a$121  <= \$190 ;
+    \a$82  <= \$78 ;
   always @(posedge clk)
-    preg_3_0 <= \$191 ;
+    preg_3_0 <= \$79 ;
   always @(posedge clk)
-    ovreg_3_0 <= \$192 ;
+    ovreg_3_0 <= \$80 ;
   always @(posedge clk)
-    pvreg_3_0 <= \$193 ;
+    pvreg_3_0 <= \$81 ;
   always @(posedge clk)
-    \w$123  <= \$194 ;
+    \w$84  <= \$82 ;
   always @(posedge clk)
-    \a$130  <= \$195 ;
+    \a$88  <= \$83 ;
   always @(posedge clk)
-    preg_3_1 <= \$196 ;
+    preg_3_1 <= \$84 ;
   always @(posedge clk)
-    ovreg_3_1 <= \$197 ;
+    ovreg_3_1 <= \$85 ;
   always @(posedge clk)
-    pvreg_3_1 <= \$198 ;
+    pvreg_3_1 <= \$86 ;
   always @(posedge clk)
-    \w$132  <= \$199 ;
+    \w$90  <= \$87 ;
   always @(posedge clk)
-    \a$139  <= \$200 ;
+    \a$94  <= \$88 ;
   always @(posedge clk)
-    preg_3_2 <= \$201 ;
+    preg_3_2 <= \$89 ;
   always @(posedge clk)
-    ovreg_3_2 <= \$202 ;
+    ovreg_3_2 <= \$90 ;
   always @(posedge clk)
-    pvreg_3_2 <= \$203 ;
+    pvreg_3_2 <= \$91 ;
   always @(posedge clk)
-    \w$141  <= \$204 ;
+    \w$96  <= \$92 ;
   always @(posedge clk)
-    areg_3_3 <= \$205 ;
+    areg_3_3 <= \$93 ;
   always @(posedge clk)
-    preg_3_3 <= \$206 ;
+    preg_3_3 <= \$94 ;
   always @(posedge clk)
-    ovreg_3_3 <= \$207 ;
+    ovreg_3_3 <= \$95 ;
   always @(posedge clk)
-    pvreg_3_3 <= \$208 ;
-  \qift_array_ws_4x4_pot_mnz_a32.prod_0_0  prod_0_0 (
+    pvreg_3_3 <= \$96 ;
+  assign \$1  = ovf_in[0] | over;
+  assign \$2  = ovf_in[1] | \over$118 ;
+  assign \$3  = ovf_in[2] | \over$122 ;
+  \qift_array_ws_4x4_pot_mnz_a32.core_0_0  core_0_0 (
     .a(a_in[3:0]),
-    .term(term),
+    .acc(p_in[31:0]),
+    .over(over),
+    .sum(sum),
     .w(w)
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_0_1  prod_0_1 (
-    .a(\a$19 ),
-    .term(\term$24 ),
-    .w(\w$21 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_0_1  core_0_1 (
+    .a(\a$16 ),
+    .acc(p_in[63:32]),
+    .over(\over$118 ),
+    .sum(\sum$116 ),
+    .w(\w$18 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_0_2  prod_0_2 (
-    .a(\a$27 ),
-    .term(\term$32 ),
-    .w(\w$29 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_0_2  core_0_2 (
+    .a(\a$21 ),
+    .acc(p_in[95:64]),
+    .over(\over$122 ),
+    .sum(\sum$120 ),
+    .w(\w$23 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_0_3  prod_0_3 (
-    .a(\a$35 ),
-    .term(\term$40 ),
-    .w(\w$37 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_0_3  core_0_3 (
+    .a(\a$26 ),
+    .acc(p_in[127:96]),
+    .over(\over$127 ),
+    .sum(\sum$125 ),
+    .w(\w$28 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_1_0  prod_1_0 (
+  \qift_array_ws_4x4_pot_mnz_a32.core_1_0  core_1_0 (
     .a(a_in[7:4]),
-    .term(\term$47 ),
+    .acc(\acc$34 ),
+    .over(\over$131 ),
+    .sum(\sum$129 ),
+    .w(\w$32 )
+  );
+  \qift_array_ws_4x4_pot_mnz_a32.core_1_1  core_1_1 (
+    .a(\a$36 ),
+    .acc(\acc$40 ),
+    .over(\over$135 ),
+    .sum(\sum$133 ),
+    .w(\w$38 )
+  );
+  \qift_array_ws_4x4_pot_mnz_a32.core_1_2  core_1_2 (
+    .a(\a$42 ),
+    .acc(\acc$46 ),
+    .over(\over$139 ),
+    .sum(\sum$137 ),
     .w(\w$44 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_1_1  prod_1_1 (
-    .a(\a$51 ),
-    .term(\term$56 ),
-    .w(\w$53 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_1_3  core_1_3 (
+    .a(\a$48 ),
+    .acc(\acc$52 ),
+    .over(\over$144 ),
+    .sum(\sum$142 ),
+    .w(\w$50 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_1_2  prod_1_2 (
-    .a(\a$60 ),
-    .term(\term$65 ),
-    .w(\w$62 )
-  );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_1_3  prod_1_3 (
-    .a(\a$69 ),
-    .term(\term$74 ),
-    .w(\w$71 )
-  );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_2_0  prod_2_0 (
+  \qift_array_ws_4x4_pot_mnz_a32.core_2_0  core_2_0 (
     .a(a_in[11:8]),
-    .term(\term$82 ),
-    .w(\w$79 )
+    .acc(\acc$57 ),
+    .over(\over$148 ),
+    .sum(\sum$146 ),
+    .w(\w$55 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_2_1  prod_2_1 (
-    .a(\a$86 ),
-    .term(\term$91 ),
-    .w(\w$88 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_2_1  core_2_1 (
+    .a(\a$59 ),
+    .acc(\acc$63 ),
+    .over(\over$152 ),
+    .sum(\sum$150 ),
+    .w(\w$61 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_2_2  prod_2_2 (
-    .a(\a$95 ),
-    .term(\term$100 ),
-    .w(\w$97 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_2_2  core_2_2 (
+    .a(\a$65 ),
+    .acc(\acc$69 ),
+    .over(\over$156 ),
+    .sum(\sum$154 ),
+    .w(\w$67 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_2_3  prod_2_3 (
-    .a(\a$104 ),
-    .term(\term$109 ),
-    .w(\w$106 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_2_3  core_2_3 (
+    .a(\a$71 ),
+    .acc(\acc$75 ),
+    .over(\over$161 ),
+    .sum(\sum$159 ),
+    .w(\w$73 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_3_0  prod_3_0 (
+  \qift_array_ws_4x4_pot_mnz_a32.core_3_0  core_3_0 (
     .a(a_in[15:12]),
-    .term(\term$117 ),
-    .w(\w$114 )
+    .acc(\acc$80 ),
+    .over(\over$164 ),
+    .sum(\sum$163 ),
+    .w(\w$78 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_3_1  prod_3_1 (
-    .a(\a$121 ),
-    .term(\term$126 ),
-    .w(\w$123 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_3_1  core_3_1 (
+    .a(\a$82 ),
+    .acc(\acc$86 ),
+    .over(\over$166 ),
+    .sum(\sum$165 ),
+    .w(\w$84 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_3_2  prod_3_2 (
-    .a(\a$130 ),
-    .term(\term$135 ),
-    .w(\w$132 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_3_2  core_3_2 (
+    .a(\a$88 ),
+    .acc(\acc$92 ),
+    .over(\over$168 ),
+    .sum(\sum$167 ),
+    .w(\w$90 )
   );
-  \qift_array_ws_4x4_pot_mnz_a32.prod_3_3  prod_3_3 (
-    .a(\a$139 ),
-    .term(\term$144 ),
-    .w(\w$141 )
+  \qift_array_ws_4x4_pot_mnz_a32.core_3_3  core_3_3 (
+    .a(\a$94 ),
+    .acc(\acc$98 ),
+    .over(\over$171 ),
+    .sum(\sum$170 ),
+    .w(\w$96 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$129  = w;
+    \$17  = w;
     if (en) begin
       if (w_load) begin
-        \$129  = w_in[1:0];
+        \$17  = w_in[1:0];
       end
     end
     if (rst) begin
-      \$129  = 2'h0;
+      \$17  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$130  = \a$19 ;
+    \$18  = \a$16 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$130  = a_in[3:0];
+        \$18  = a_in[3:0];
       end
     end
     if (rst) begin
-      \$130  = 4'h0;
+      \$18  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$131  = preg_0_0;
+    \$19  = \acc$34 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$131  = \$51 ;
+        \$19  = sum;
       end
     end
     if (rst) begin
-      \$131  = 32'd0;
+      \$19  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$132  = ovreg_0_0;
+    \$20  = ovreg_0_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$132  = \$53 ;
+        \$20  = \$1 ;
       end
     end
     if (rst) begin
-      \$132  = 1'h0;
+      \$20  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$133  = pvreg_0_0;
+    \$21  = pvreg_0_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$133  = pv_in[0];
+        \$21  = pv_in[0];
       end
     end
     if (rst) begin
-      \$133  = 1'h0;
+      \$21  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$134  = \w$21 ;
+    \$22  = \w$18 ;
     if (en) begin
       if (w_load) begin
-        \$134  = w_in[3:2];
+        \$22  = w_in[3:2];
       end
     end
     if (rst) begin
-      \$134  = 2'h0;
+      \$22  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$135  = \a$27 ;
+    \$23  = \a$21 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$135  = \a$19 ;
+        \$23  = \a$16 ;
       end
     end
     if (rst) begin
-      \$135  = 4'h0;
+      \$23  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$136  = preg_0_1;
+    \$24  = \acc$40 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$136  = \$56 ;
+        \$24  = \sum$116 ;
       end
     end
     if (rst) begin
-      \$136  = 32'd0;
+      \$24  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$137  = ovreg_0_1;
+    \$25  = ovreg_0_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$137  = \$58 ;
+        \$25  = \$2 ;
       end
     end
     if (rst) begin
-      \$137  = 1'h0;
+      \$25  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$138  = pvreg_0_1;
+    \$26  = pvreg_0_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$138  = pv_in[1];
+        \$26  = pv_in[1];
       end
     end
     if (rst) begin
-      \$138  = 1'h0;
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$139  = \w$29 ;
+    \$27  = \w$23 ;
     if (en) begin
       if (w_load) begin
-        \$139  = w_in[5:4];
+        \$27  = w_in[5:4];
       end
     end
     if (rst) begin
-      \$139  = 2'h0;
+      \$27  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$140  = \a$35 ;
+    \$28  = \a$26 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$140  = \a$27 ;
+        \$28  = \a$21 ;
       end
     end
     if (rst) begin
-      \$140  = 4'h0;
+      \$28  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$141  = preg_0_2;
+    \$29  = \acc$46 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$141  = \$61 ;
+        \$29  = \sum$120 ;
       end
     end
     if (rst) begin
-      \$141  = 32'd0;
+      \$29  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$142  = ovreg_0_2;
+    \$30  = ovreg_0_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$142  = \$63 ;
+        \$30  = \$3 ;
       end
     end
     if (rst) begin
-      \$142  = 1'h0;
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$143  = pvreg_0_2;
+    \$31  = pvreg_0_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$143  = pv_in[2];
+        \$31  = pv_in[2];
       end
     end
     if (rst) begin
-      \$143  = 1'h0;
+      \$31  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$144  = \w$37 ;
+    \$32  = \w$28 ;
     if (en) begin
       if (w_load) begin
-        \$144  = w_in[7:6];
+        \$32  = w_in[7:6];
       end
     end
     if (rst) begin
-      \$144  = 2'h0;
+      \$32  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$145  = areg_0_3;
+    \$33  = areg_0_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$145  = \a$35 ;
+        \$33  = \a$26 ;
       end
     end
     if (rst) begin
-      \$145  = 4'h0;
+      \$33  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$146  = preg_0_3;
+    \$34  = \acc$52 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$146  = \$66 ;
+        \$34  = \sum$125 ;
       end
     end
     if (rst) begin
-      \$146  = 32'd0;
+      \$34  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$147  = ovreg_0_3;
+    \$35  = ovreg_0_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$147  = \$68 ;
+        \$35  = \$4 ;
       end
     end
     if (rst) begin
-      \$147  = 1'h0;
+      \$35  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$148  = pvreg_0_3;
+    \$36  = pvreg_0_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$148  = pv_in[3];
+        \$36  = pv_in[3];
       end
     end
     if (rst) begin
-      \$148  = 1'h0;
+      \$36  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$149  = \w$44 ;
+    \$37  = \w$32 ;
     if (en) begin
       if (w_load) begin
-        \$149  = w;
+        \$37  = w;
       end
     end
     if (rst) begin
-      \$149  = 2'h0;
+      \$37  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$150  = \a$51 ;
+    \$38  = \a$36 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$150  = a_in[7:4];
+        \$38  = a_in[7:4];
       end
     end
     if (rst) begin
-      \$150  = 4'h0;
+      \$38  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$151  = preg_1_0;
+    \$39  = \acc$57 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$151  = \$71 ;
+        \$39  = \sum$129 ;
       end
     end
     if (rst) begin
-      \$151  = 32'd0;
+      \$39  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$152  = ovreg_1_0;
+    \$40  = ovreg_1_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$152  = \$73 ;
+        \$40  = \$5 ;
       end
     end
     if (rst) begin
-      \$152  = 1'h0;
+      \$40  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$153  = pvreg_1_0;
+    \$41  = pvreg_1_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$153  = pvreg_0_0;
+        \$41  = pvreg_0_0;
       end
     end
     if (rst) begin
-      \$153  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$154  = \w$53 ;
+    \$42  = \w$38 ;
     if (en) begin
       if (w_load) begin
-        \$154  = \w$21 ;
+        \$42  = \w$18 ;
       end
     end
     if (rst) begin
-      \$154  = 2'h0;
+      \$42  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$155  = \a$60 ;
+    \$43  = \a$42 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$155  = \a$51 ;
+        \$43  = \a$36 ;
       end
     end
     if (rst) begin
-      \$155  = 4'h0;
+      \$43  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$156  = preg_1_1;
+    \$44  = \acc$63 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$156  = \$76 ;
+        \$44  = \sum$133 ;
       end
     end
     if (rst) begin
-      \$156  = 32'd0;
+      \$44  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$157  = ovreg_1_1;
+    \$45  = ovreg_1_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$157  = \$78 ;
+        \$45  = \$6 ;
       end
     end
     if (rst) begin
-      \$157  = 1'h0;
+      \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$158  = pvreg_1_1;
+    \$46  = pvreg_1_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$158  = pvreg_0_1;
+        \$46  = pvreg_0_1;
       end
     end
     if (rst) begin
-      \$158  = 1'h0;
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$159  = \w$62 ;
+    \$47  = \w$44 ;
     if (en) begin
       if (w_load) begin
-        \$159  = \w$29 ;
+        \$47  = \w$23 ;
       end
     end
     if (rst) begin
-      \$159  = 2'h0;
+      \$47  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$160  = \a$69 ;
+    \$48  = \a$48 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$160  = \a$60 ;
+        \$48  = \a$42 ;
       end
     end
     if (rst) begin
-      \$160  = 4'h0;
+      \$48  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$161  = preg_1_2;
+    \$49  = \acc$69 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$161  = \$81 ;
+        \$49  = \sum$137 ;
       end
     end
     if (rst) begin
-      \$161  = 32'd0;
+      \$49  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$162  = ovreg_1_2;
+    \$50  = ovreg_1_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$162  = \$83 ;
+        \$50  = \$7 ;
       end
     end
     if (rst) begin
-      \$162  = 1'h0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$163  = pvreg_1_2;
+    \$51  = pvreg_1_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$163  = pvreg_0_2;
+        \$51  = pvreg_0_2;
       end
     end
     if (rst) begin
-      \$163  = 1'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$164  = \w$71 ;
+    \$52  = \w$50 ;
     if (en) begin
       if (w_load) begin
-        \$164  = \w$37 ;
+        \$52  = \w$28 ;
       end
     end
     if (rst) begin
-      \$164  = 2'h0;
+      \$52  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$165  = areg_1_3;
+    \$53  = areg_1_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$165  = \a$69 ;
+        \$53  = \a$48 ;
       end
     end
     if (rst) begin
-      \$165  = 4'h0;
+      \$53  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$166  = preg_1_3;
+    \$54  = \acc$75 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$166  = \$86 ;
+        \$54  = \sum$142 ;
       end
     end
     if (rst) begin
-      \$166  = 32'd0;
+      \$54  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$167  = ovreg_1_3;
+    \$55  = ovreg_1_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$167  = \$88 ;
+        \$55  = \$8 ;
       end
     end
     if (rst) begin
-      \$167  = 1'h0;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$168  = pvreg_1_3;
+    \$56  = pvreg_1_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$168  = pvreg_0_3;
+        \$56  = pvreg_0_3;
       end
     end
     if (rst) begin
-      \$168  = 1'h0;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$169  = \w$79 ;
+    \$57  = \w$55 ;
     if (en) begin
       if (w_load) begin
-        \$169  = \w$44 ;
+        \$57  = \w$32 ;
       end
     end
     if (rst) begin
-      \$169  = 2'h0;
+      \$57  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$170  = \a$86 ;
+    \$58  = \a$59 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$170  = a_in[11:8];
+        \$58  = a_in[11:8];
       end
     end
     if (rst) begin
-      \$170  = 4'h0;
+      \$58  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$171  = preg_2_0;
+    \$59  = \acc$80 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$171  = \$91 ;
+        \$59  = \sum$146 ;
       end
     end
     if (rst) begin
-      \$171  = 32'd0;
+      \$59  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$172  = ovreg_2_0;
+    \$60  = ovreg_2_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$172  = \$93 ;
+        \$60  = \$9 ;
       end
     end
     if (rst) begin
-      \$172  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$173  = pvreg_2_0;
+    \$61  = pvreg_2_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$173  = pvreg_1_0;
+        \$61  = pvreg_1_0;
       end
     end
     if (rst) begin
-      \$173  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$174  = \w$88 ;
+    \$62  = \w$61 ;
     if (en) begin
       if (w_load) begin
-        \$174  = \w$53 ;
+        \$62  = \w$38 ;
       end
     end
     if (rst) begin
-      \$174  = 2'h0;
+      \$62  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$175  = \a$95 ;
+    \$63  = \a$65 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$175  = \a$86 ;
+        \$63  = \a$59 ;
       end
     end
     if (rst) begin
-      \$175  = 4'h0;
+      \$63  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$176  = preg_2_1;
+    \$64  = \acc$86 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$176  = \$96 ;
+        \$64  = \sum$150 ;
       end
     end
     if (rst) begin
-      \$176  = 32'd0;
+      \$64  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$177  = ovreg_2_1;
+    \$65  = ovreg_2_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$177  = \$98 ;
+        \$65  = \$10 ;
       end
     end
     if (rst) begin
-      \$177  = 1'h0;
+      \$65  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$178  = pvreg_2_1;
+    \$66  = pvreg_2_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$178  = pvreg_1_1;
+        \$66  = pvreg_1_1;
       end
     end
     if (rst) begin
-      \$178  = 1'h0;
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$179  = \w$97 ;
+    \$67  = \w$67 ;
     if (en) begin
       if (w_load) begin
-        \$179  = \w$62 ;
+        \$67  = \w$44 ;
       end
     end
     if (rst) begin
-      \$179  = 2'h0;
+      \$67  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$180  = \a$104 ;
+    \$68  = \a$71 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$180  = \a$95 ;
+        \$68  = \a$65 ;
       end
     end
     if (rst) begin
-      \$180  = 4'h0;
+      \$68  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$181  = preg_2_2;
+    \$69  = \acc$92 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$181  = \$101 ;
+        \$69  = \sum$154 ;
       end
     end
     if (rst) begin
-      \$181  = 32'd0;
+      \$69  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$182  = ovreg_2_2;
+    \$70  = ovreg_2_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$182  = \$103 ;
+        \$70  = \$11 ;
       end
     end
     if (rst) begin
-      \$182  = 1'h0;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$183  = pvreg_2_2;
+    \$71  = pvreg_2_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$183  = pvreg_1_2;
+        \$71  = pvreg_1_2;
       end
     end
     if (rst) begin
-      \$183  = 1'h0;
+      \$71  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$184  = \w$106 ;
+    \$72  = \w$73 ;
     if (en) begin
       if (w_load) begin
-        \$184  = \w$71 ;
+        \$72  = \w$50 ;
       end
     end
     if (rst) begin
-      \$184  = 2'h0;
+      \$72  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$185  = areg_2_3;
+    \$73  = areg_2_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$185  = \a$104 ;
+        \$73  = \a$71 ;
       end
     end
     if (rst) begin
-      \$185  = 4'h0;
+      \$73  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$186  = preg_2_3;
+    \$74  = \acc$98 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$186  = \$106 ;
+        \$74  = \sum$159 ;
       end
     end
     if (rst) begin
-      \$186  = 32'd0;
+      \$74  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$187  = ovreg_2_3;
+    \$75  = ovreg_2_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$187  = \$108 ;
+        \$75  = \$12 ;
       end
     end
     if (rst) begin
-      \$187  = 1'h0;
+      \$75  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$188  = pvreg_2_3;
+    \$76  = pvreg_2_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$188  = pvreg_1_3;
+        \$76  = pvreg_1_3;
       end
     end
     if (rst) begin
-      \$188  = 1'h0;
+      \$76  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$189  = \w$114 ;
+    \$77  = \w$78 ;
     if (en) begin
       if (w_load) begin
-        \$189  = \w$79 ;
+        \$77  = \w$55 ;
       end
     end
     if (rst) begin
-      \$189  = 2'h0;
+      \$77  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$190  = \a$121 ;
+    \$78  = \a$82 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$190  = a_in[15:12];
+        \$78  = a_in[15:12];
       end
     end
     if (rst) begin
-      \$190  = 4'h0;
+      \$78  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$191  = preg_3_0;
+    \$79  = preg_3_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$191  = \$111 ;
+        \$79  = \sum$163 ;
       end
     end
     if (rst) begin
-      \$191  = 32'd0;
+      \$79  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$192  = ovreg_3_0;
+    \$80  = ovreg_3_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$192  = \$113 ;
+        \$80  = \$13 ;
       end
     end
     if (rst) begin
-      \$192  = 1'h0;
+      \$80  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$193  = pvreg_3_0;
+    \$81  = pvreg_3_0;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$193  = pvreg_2_0;
+        \$81  = pvreg_2_0;
       end
     end
     if (rst) begin
-      \$193  = 1'h0;
+      \$81  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$194  = \w$123 ;
+    \$82  = \w$84 ;
     if (en) begin
       if (w_load) begin
-        \$194  = \w$88 ;
+        \$82  = \w$61 ;
       end
     end
     if (rst) begin
-      \$194  = 2'h0;
+      \$82  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$195  = \a$130 ;
+    \$83  = \a$88 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$195  = \a$121 ;
+        \$83  = \a$82 ;
       end
     end
     if (rst) begin
-      \$195  = 4'h0;
+      \$83  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$196  = preg_3_1;
+    \$84  = preg_3_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$196  = \$116 ;
+        \$84  = \sum$165 ;
       end
     end
     if (rst) begin
-      \$196  = 32'd0;
+      \$84  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$197  = ovreg_3_1;
+    \$85  = ovreg_3_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$197  = \$118 ;
+        \$85  = \$14 ;
       end
     end
     if (rst) begin
-      \$197  = 1'h0;
+      \$85  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$198  = pvreg_3_1;
+    \$86  = pvreg_3_1;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$198  = pvreg_2_1;
+        \$86  = pvreg_2_1;
       end
     end
     if (rst) begin
-      \$198  = 1'h0;
+      \$86  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$199  = \w$132 ;
+    \$87  = \w$90 ;
     if (en) begin
       if (w_load) begin
-        \$199  = \w$97 ;
+        \$87  = \w$67 ;
       end
     end
     if (rst) begin
-      \$199  = 2'h0;
+      \$87  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$200  = \a$139 ;
+    \$88  = \a$94 ;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$200  = \a$130 ;
+        \$88  = \a$88 ;
       end
     end
     if (rst) begin
-      \$200  = 4'h0;
+      \$88  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$201  = preg_3_2;
+    \$89  = preg_3_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$201  = \$121 ;
+        \$89  = \sum$167 ;
       end
     end
     if (rst) begin
-      \$201  = 32'd0;
+      \$89  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$202  = ovreg_3_2;
+    \$90  = ovreg_3_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$202  = \$123 ;
+        \$90  = \$15 ;
       end
     end
     if (rst) begin
-      \$202  = 1'h0;
+      \$90  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$203  = pvreg_3_2;
+    \$91  = pvreg_3_2;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$203  = pvreg_2_2;
+        \$91  = pvreg_2_2;
       end
     end
     if (rst) begin
-      \$203  = 1'h0;
+      \$91  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$204  = \w$141 ;
+    \$92  = \w$96 ;
     if (en) begin
       if (w_load) begin
-        \$204  = \w$106 ;
+        \$92  = \w$73 ;
       end
     end
     if (rst) begin
-      \$204  = 2'h0;
+      \$92  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$205  = areg_3_3;
+    \$93  = areg_3_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$205  = \a$139 ;
+        \$93  = \a$94 ;
       end
     end
     if (rst) begin
-      \$205  = 4'h0;
+      \$93  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$206  = preg_3_3;
+    \$94  = preg_3_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$206  = \$126 ;
+        \$94  = \sum$170 ;
       end
     end
     if (rst) begin
-      \$206  = 32'd0;
+      \$94  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$207  = ovreg_3_3;
+    \$95  = ovreg_3_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$207  = \$128 ;
+        \$95  = \$16 ;
       end
     end
     if (rst) begin
-      \$207  = 1'h0;
+      \$95  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$208  = pvreg_3_3;
+    \$96  = pvreg_3_3;
     if (en) begin
       (* full_case = 32'd1 *)
       if (w_load) begin
       end else begin
-        \$208  = pvreg_2_3;
+        \$96  = pvreg_2_3;
       end
     end
     if (rst) begin
-      \$208  = 1'h0;
+      \$96  = 1'h0;
     end
   end
   assign a = a_in[3:0];
   assign wreg_0_0 = w;
-  assign flipped = \$1 [6:0];
-  assign neg = w[1];
-  assign wide = \$3 [32:0];
-  assign areg_0_0 = \a$19 ;
-  assign wreg_0_1 = \w$21 ;
-  assign \flipped$23  = \$4 [6:0];
-  assign \neg$25  = \w$21 [1];
-  assign \wide$26  = \$6 [32:0];
-  assign areg_0_1 = \a$27 ;
-  assign wreg_0_2 = \w$29 ;
-  assign \flipped$31  = \$7 [6:0];
-  assign \neg$33  = \w$29 [1];
-  assign \wide$34  = \$9 [32:0];
-  assign areg_0_2 = \a$35 ;
-  assign wreg_0_3 = \w$37 ;
-  assign \flipped$39  = \$10 [6:0];
-  assign \neg$41  = \w$37 [1];
-  assign \wide$42  = \$12 [32:0];
-  assign \a$43  = a_in[7:4];
-  assign wreg_1_0 = \w$44 ;
-  assign \flipped$46  = \$13 [6:0];
-  assign \neg$48  = \w$44 [1];
-  assign \wide$49  = \$15 [32:0];
-  assign areg_1_0 = \a$51 ;
-  assign wreg_1_1 = \w$53 ;
-  assign \flipped$55  = \$16 [6:0];
-  assign \neg$57  = \w$53 [1];
-  assign \wide$58  = \$18 [32:0];
-  assign areg_1_1 = \a$60 ;
-  assign wreg_1_2 = \w$62 ;
-  assign \flipped$64  = \$19 [6:0];
-  assign \neg$66  = \w$62 [1];
-  assign \wide$67  = \$21 [32:0];
-  assign areg_1_2 = \a$69 ;
-  assign wreg_1_3 = \w$71 ;
-  assign \flipped$73  = \$22 [6:0];
-  assign \neg$75  = \w$71 [1];
-  assign \wide$76  = \$24 [32:0];
-  assign \a$78  = a_in[11:8];
-  assign wreg_2_0 = \w$79 ;
-  assign \flipped$81  = \$25 [6:0];
-  assign \neg$83  = \w$79 [1];
-  assign \wide$84  = \$27 [32:0];
-  assign areg_2_0 = \a$86 ;
-  assign wreg_2_1 = \w$88 ;
-  assign \flipped$90  = \$28 [6:0];
-  assign \neg$92  = \w$88 [1];
-  assign \wide$93  = \$30 [32:0];
-  assign areg_2_1 = \a$95 ;
-  assign wreg_2_2 = \w$97 ;
-  assign \flipped$99  = \$31 [6:0];
-  assign \neg$101  = \w$97 [1];
-  assign \wide$102  = \$33 [32:0];
-  assign areg_2_2 = \a$104 ;
-  assign wreg_2_3 = \w$106 ;
-  assign \flipped$108  = \$34 [6:0];
-  assign \neg$110  = \w$106 [1];
-  assign \wide$111  = \$36 [32:0];
-  assign \a$113  = a_in[15:12];
-  assign wreg_3_0 = \w$114 ;
-  assign \flipped$116  = \$37 [6:0];
-  assign \neg$118  = \w$114 [1];
-  assign \wide$119  = \$39 [32:0];
-  assign areg_3_0 = \a$121 ;
-  assign wreg_3_1 = \w$123 ;
-  assign \flipped$125  = \$40 [6:0];
-  assign \neg$127  = \w$123 [1];
-  assign \wide$128  = \$42 [32:0];
-  assign areg_3_1 = \a$130 ;
-  assign wreg_3_2 = \w$132 ;
-  assign \flipped$134  = \$43 [6:0];
-  assign \neg$136  = \w$132 [1];
-  assign \wide$137  = \$45 [32:0];
-  assign areg_3_2 = \a$139 ;
-  assign wreg_3_3 = \w$141 ;
-  assign \flipped$143  = \$46 [6:0];
-  assign \neg$145  = \w$141 [1];
-  assign \wide$146  = \$48 [32:0];
+  assign acc = p_in[31:0];
+  assign areg_0_0 = \a$16 ;
+  assign wreg_0_1 = \w$18 ;
+  assign \acc$20  = p_in[63:32];
+  assign areg_0_1 = \a$21 ;
+  assign wreg_0_2 = \w$23 ;
+  assign \acc$25  = p_in[95:64];
+  assign areg_0_2 = \a$26 ;
+  assign wreg_0_3 = \w$28 ;
+  assign \acc$30  = p_in[127:96];
+  assign \a$31  = a_in[7:4];
+  assign wreg_1_0 = \w$32 ;
+  assign preg_0_0 = \acc$34 ;
+  assign areg_1_0 = \a$36 ;
+  assign wreg_1_1 = \w$38 ;
+  assign preg_0_1 = \acc$40 ;
+  assign areg_1_1 = \a$42 ;
+  assign wreg_1_2 = \w$44 ;
+  assign preg_0_2 = \acc$46 ;
+  assign areg_1_2 = \a$48 ;
+  assign wreg_1_3 = \w$50 ;
+  assign preg_0_3 = \acc$52 ;
+  assign \a$54  = a_in[11:8];
+  assign wreg_2_0 = \w$55 ;
+  assign preg_1_0 = \acc$57 ;
+  assign areg_2_0 = \a$59 ;
+  assign wreg_2_1 = \w$61 ;
+  assign preg_1_1 = \acc$63 ;
+  assign areg_2_1 = \a$65 ;
+  assign wreg_2_2 = \w$67 ;
+  assign preg_1_2 = \acc$69 ;
+  assign areg_2_2 = \a$71 ;
+  assign wreg_2_3 = \w$73 ;
+  assign preg_1_3 = \acc$75 ;
+  assign \a$77  = a_in[15:12];
+  assign wreg_3_0 = \w$78 ;
+  assign preg_2_0 = \acc$80 ;
+  assign areg_3_0 = \a$82 ;
+  assign wreg_3_1 = \w$84 ;
+  assign preg_2_1 = \acc$86 ;
+  assign areg_3_1 = \a$88 ;
+  assign wreg_3_2 = \w$90 ;
+  assign preg_2_2 = \acc$92 ;
+  assign areg_3_2 = \a$94 ;
+  assign wreg_3_3 = \w$96 ;
+  assign preg_2_3 = \acc$98 ;
+  assign \w_in[0]  = w_in[1:0];
+  assign \w_in[1]  = w_in[3:2];
+  assign \w_in[2]  = w_in[5:4];
+  assign \w_in[3]  = w_in[7:6];
+  assign \a_in[0]  = a_in[3:0];
+  assign \a_in[1]  = a_in[7:4];
+  assign \a_in[2]  = a_in[11:8];
+  assign \a_in[3]  = a_in[15:12];
+  assign \p_in[0]  = p_in[31:0];
+  assign \p_in[1]  = p_in[63:32];
+  assign \p_in[2]  = p_in[95:64];
+  assign \p_in[3]  = p_in[127:96];
+  assign \ovf_in[0]  = ovf_in[0];
+  assign \ovf_in[1]  = ovf_in[1];
+  assign \ovf_in[2]  = ovf_in[2];
+  assign \ovf_in[3]  = ovf_in[3];
+  assign \pv_in[0]  = pv_in[0];
+  assign \pv_in[1]  = pv_in[1];
+  assign \pv_in[2]  = pv_in[2];
+  assign \pv_in[3]  = pv_in[3];
+  assign \p_out[0]  = p_out[31:0];
+  assign \p_out[1]  = p_out[63:32];
+  assign \p_out[2]  = p_out[95:64];
+  assign \p_out[3]  = p_out[127:96];
+  assign \ovf_out[0]  = ovf_out[0];
+  assign \ovf_out[1]  = ovf_out[1];
+  assign \ovf_out[2]  = ovf_out[2];
+  assign \ovf_out[3]  = ovf_out[3];
+  assign \pv_out[0]  = pv_out[0];
+  assign \pv_out[1]  = pv_out[1];
+  assign \pv_out[2]  = pv_out[2];
+  assign \pv_out[3]  = pv_out[3];
   assign pv_out[3] = pvreg_3_3;
   assign pv_out[2] = pvreg_3_2;
   assign pv_out[1] = pvreg_3_1;
@@ -1998,7 +1834,48 @@ module qift_array_ws_4x4_pot_mnz_a32(w_load, w_in, a_in, p_in, ovf_in, pv_in, cl
   assign p_out[31:0] = preg_3_0;
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_0_0 (term, w, a);
+module \qift_array_ws_4x4_pot_mnz_a32.core_0_0 (acc, sum, over, w, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_0_0.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_0_0.prod (term, w, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2014,7 +1891,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_0_0 (term, w, a);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_0_1 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_0_1 (sum, over, a, w, acc);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_0_1.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_0_1.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2030,7 +1948,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_0_1 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_0_2 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_0_2 (sum, over, a, w, acc);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_0_2.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_0_2.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2046,7 +2005,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_0_2 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_0_3 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_0_3 (sum, over, a, w, acc);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_0_3.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_0_3.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2062,7 +2062,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_0_3 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_1_0 (term, w, a);
+module \qift_array_ws_4x4_pot_mnz_a32.core_1_0 (sum, over, acc, w, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_1_0.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_1_0.prod (term, w, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2078,7 +2119,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_1_0 (term, w, a);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_1_1 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_1_1 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_1_1.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_1_1.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2094,7 +2176,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_1_1 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_1_2 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_1_2 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_1_2.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_1_2.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2110,7 +2233,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_1_2 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_1_3 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_1_3 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_1_3.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_1_3.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2126,7 +2290,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_1_3 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_2_0 (term, w, a);
+module \qift_array_ws_4x4_pot_mnz_a32.core_2_0 (sum, over, acc, w, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_2_0.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_2_0.prod (term, w, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2142,7 +2347,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_2_0 (term, w, a);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_2_1 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_2_1 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_2_1.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_2_1.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2158,7 +2404,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_2_1 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_2_2 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_2_2 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_2_2.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_2_2.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2174,7 +2461,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_2_2 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_2_3 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_2_3 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_2_3.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_2_3.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2190,7 +2518,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_2_3 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_3_0 (term, w, a);
+module \qift_array_ws_4x4_pot_mnz_a32.core_3_0 (sum, over, acc, w, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_3_0.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_3_0.prod (term, w, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2206,7 +2575,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_3_0 (term, w, a);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_3_1 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_3_1 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_3_1.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_3_1.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2222,7 +2632,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_3_1 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_3_2 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_3_2 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_3_2.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_3_2.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
@@ -2238,7 +2689,48 @@ module \qift_array_ws_4x4_pot_mnz_a32.prod_3_2 (a, w, term);
   assign \$2  = { a[3], a };
 endmodule
 
-module \qift_array_ws_4x4_pot_mnz_a32.prod_3_3 (a, w, term);
+module \qift_array_ws_4x4_pot_mnz_a32.core_3_3 (over, acc, a, w, sum);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_array_ws_4x4_pot_mnz_a32.core_3_3.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_array_ws_4x4_pot_mnz_a32.core_3_3.prod (a, w, term);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;

@@ -9,93 +9,117 @@
 
 module qift_pe_pot_mnz_a32(w, en, clr, clk, rst, acc, ovf, a);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
-  wire [7:0] \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  reg [31:0] \$12 ;
-  reg \$13 ;
-  wire [31:0] \$2 ;
-  wire [32:0] \$3 ;
-  wire [33:0] \$4 ;
-  wire \$5 ;
-  wire [31:0] \$6 ;
-  wire [31:0] \$7 ;
-  wire \$8 ;
-  wire \$9 ;
+  wire \$1 ;
+  wire \$2 ;
+  wire \$3 ;
+  reg [31:0] \$4 ;
+  reg \$5 ;
   input [3:0] a;
   wire [3:0] a;
   wire [3:0] \a$8 ;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
+  wire [31:0] \acc$10 ;
   input clk;
   wire clk;
   input clr;
   wire clr;
   input en;
   wire en;
-  wire [6:0] flipped;
-  wire neg;
+  wire over;
   output ovf;
   reg ovf = 1'h0;
   input rst;
   wire rst;
-  wire [6:0] term;
+  wire [31:0] sum;
   input [1:0] w;
   wire [1:0] w;
   wire [1:0] \w$9 ;
-  wire [32:0] wide;
-  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
-  assign \$2  = clr ? 32'd0 : acc;
-  assign \$3  = $signed(\$2 ) + $signed(\$1 [6:0]);
-  assign \$4  = $signed(\$3 ) + $signed({ 1'h0, w[1] });
-  assign \$5  = \$4 [32] != \$4 [31];
-  assign \$6  = \$4 [32] ? 32'd2147483648 : 32'd2147483647;
-  assign \$7  = \$5  ? \$6  : \$4 [31:0];
-  assign \$8  = ~ clr;
-  assign \$9  = \$8  & ovf;
-  assign \$10  = \$4 [32] != \$4 [31];
-  assign \$11  = \$9  | \$10 ;
   always @(posedge clk)
-    acc <= \$12 ;
+    acc <= \$4 ;
   always @(posedge clk)
-    ovf <= \$13 ;
-  \qift_pe_pot_mnz_a32.prod  prod (
+    ovf <= \$5 ;
+  assign \acc$10  = clr ? 32'd0 : acc;
+  assign \$1  = ~ clr;
+  assign \$2  = \$1  & ovf;
+  assign \$3  = \$2  | over;
+  \qift_pe_pot_mnz_a32.core  core (
     .a(a),
-    .term(term),
+    .acc(\acc$10 ),
+    .over(over),
+    .sum(sum),
     .w(w)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = acc;
+    \$4  = acc;
     if (en) begin
-      \$12  = \$7 ;
+      \$4  = sum;
     end else if (clr) begin
-      \$12  = 32'd0;
+      \$4  = 32'd0;
     end
     if (rst) begin
-      \$12  = 32'd0;
+      \$4  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = ovf;
+    \$5  = ovf;
     if (en) begin
-      \$13  = \$11 ;
+      \$5  = \$3 ;
     end else if (clr) begin
-      \$13  = 1'h0;
+      \$5  = 1'h0;
     end
     if (rst) begin
-      \$13  = 1'h0;
+      \$5  = 1'h0;
     end
   end
   assign \a$8  = a;
   assign \w$9  = w;
-  assign flipped = \$1 [6:0];
-  assign neg = w[1];
-  assign wide = \$4 [32:0];
 endmodule
 
-module \qift_pe_pot_mnz_a32.prod (w, term, a);
+module \qift_pe_pot_mnz_a32.core (w, acc, sum, over, a);
+  wire [7:0] \$1 ;
+  wire [32:0] \$2 ;
+  wire [33:0] \$3 ;
+  wire \$4 ;
+  wire [31:0] \$5 ;
+  input [3:0] a;
+  wire [3:0] a;
+  wire [3:0] \a$1 ;
+  input [31:0] acc;
+  wire [31:0] acc;
+  wire [6:0] flipped;
+  wire neg;
+  output over;
+  wire over;
+  output [31:0] sum;
+  wire [31:0] sum;
+  wire [6:0] term;
+  input [1:0] w;
+  wire [1:0] w;
+  wire [1:0] \w$3 ;
+  wire [32:0] wide;
+  assign \$5  = \$3 [32] ? 32'd2147483648 : 32'd2147483647;
+  assign sum = \$4  ? \$5  : \$3 [31:0];
+  assign over = \$3 [32] != \$3 [31];
+  assign \$1  = { term[6], term } ^ { 1'h0, w[1], w[1], w[1], w[1], w[1], w[1], w[1] };
+  assign \$2  = $signed(acc) + $signed(\$1 [6:0]);
+  assign \$3  = $signed(\$2 ) + $signed({ 1'h0, w[1] });
+  assign \$4  = \$3 [32] != \$3 [31];
+  \qift_pe_pot_mnz_a32.core.prod  prod (
+    .a(a),
+    .term(term),
+    .w(w)
+  );
+  assign \a$1  = a;
+  assign \w$3  = w;
+  assign flipped = \$1 [6:0];
+  assign neg = w[1];
+  assign wide = \$3 [32:0];
+endmodule
+
+module \qift_pe_pot_mnz_a32.core.prod (w, term, a);
   wire [6:0] \$1 ;
   wire [4:0] \$2 ;
   input [3:0] a;
