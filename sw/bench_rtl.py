@@ -5,7 +5,7 @@ the rate is clock cycles replayed per second of the bench's own loop (simulator 
 reported apart). Amaranth's Python simulator replays the same trace in this process as the baseline.
 Writes docs/results/rtl_sim_speed.json.
 
-    .venv/bin/python sw/bench_rtl.py [--sizes 4x4,8x8] [--cycles 12000] [--out docs/results/rtl_sim_speed.json]
+    .venv/bin/python sw/bench_rtl.py [--array 4x4,8x8] [--cycles 12000] [--out docs/results/rtl_sim_speed.json]
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ def _gemm_for(rows: int, cols: int, target_cycles: int, seed: int = 0):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="4x4,8x8")
+    ap.add_argument("--array", default="4x4,8x8", help="comma-separated array sizes RxC")
     ap.add_argument("--cycles", type=int, default=12000, help="target trace length in clock cycles")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "rtl_sim_speed.json")
     args = ap.parse_args()
     build = ROOT / "sim_build"
     rows_out = []
-    for size in args.sizes.split(","):
+    for size in args.array.split(","):
         R, C = (int(v) for v in size.split("x"))
         top = array_top("ws", R, C, "pot_mnz", 32)
         a, w = _gemm_for(R, C, args.cycles)

@@ -68,7 +68,7 @@ def compile_kernel(name: str, ptx: bool, level_set: str = "pot_mnz", **cfg) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dump", help="folder to write the PTX and SASS of each variant into")
-    ap.add_argument("--json", help="write the instruction counts here")
+    ap.add_argument("--out", help="JSON file for the instruction counts")
     ap.add_argument("--only", help="compile only variants whose name or config contains this text")
     args = ap.parse_args()
     report = {}
@@ -88,8 +88,8 @@ def main() -> None:
         report[tag] = {k: r[k] for k in ("ops", "n_regs", "stack", "shared")}
         top = ", ".join(f"{k} {v}" for k, v in list(r["ops"].items())[:12])
         print(f"{tag}: regs {r['n_regs']} stack {r['stack']} smem {r['shared']} | {top}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
 
 
