@@ -10,14 +10,11 @@ for `asym`, `NAME.zero` (float32 [N, 1]); the metadata entry `linears` gives eac
   quantization config, the W2 layer list and the model id the tokenizer comes from. `load_quantized` rebuilds
   the architecture from the stored config, re-applies the rotation structure (online Hadamards) and installs
   the dequantized weights, so the reloaded model computes exactly what was exported.
-- A run folder (`open_run_dir`) holds `config.json` (model id, checkpoint format and `QuantConfig.identity`)
-  and one `layer_NNN.safetensors` per finished decoder layer (its linears and per-linear records), written
-  atomically; a rerun with the same folder and configuration loads the finished layers instead of redoing them.
+- A run folder's layers (`run_folder.save_layer`) hold a decoder layer's linears and per-linear records.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -29,7 +26,7 @@ from qift_hw.algo.models import untie_embeddings
 from qift_hw.algo.prepare import prepare_model
 from qift_hw.algo.quantized import QuantizedLinear, QuantizedModel
 from qift_hw.core.errors import QiftError
-from qift_hw.core.io import atomic_path, write_json
+from qift_hw.core.io import atomic_path
 from qift_hw.core.levels import QParams, get_level_set, pack_codes, unpack_codes
 
 FORMAT = "qift-1"
@@ -162,57 +159,3 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tupl
         lin.set_qweight(deq)
     model.to(device)
     return model, meta
-
-
-def run_identity(cfg: QuantConfig, model_id: str) -> dict:
-    """What a run folder's results depend on: the model, the checkpoint format and the config's identity."""
-    return {"model": model_id, "checkpoint_format": FORMAT, **cfg.identity()}
-
-
-def run_key(cfg: QuantConfig, model_id: str = "") -> str:
-    """Short stable hash of `run_identity`, for run-folder names."""
-    text = json.dumps(run_identity(cfg, model_id), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def open_run_dir(run_dir: Path, cfg: QuantConfig, model_id: str) -> Path:
-    """Create `run_dir` for this run, or check that the run it holds is this one (QiftError otherwise)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.json"
-    ident = json.loads(json.dumps(run_identity(cfg, model_id)))
-    if not cfg_path.is_file():
-        write_json(cfg_path, ident)
-        return run_dir
-    old = json.loads(cfg_path.read_text())
-    if old.get("checkpoint_format") != FORMAT:
-        raise QiftError(f"run folder {run_dir} was written in an older layer-checkpoint format "
-                        f"({old.get('checkpoint_format', 'before ' + FORMAT)}); delete it or use another --run-dir")
-    if old != ident:
-        diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-        raise QiftError(f"run folder {run_dir} holds a run with a different configuration ({', '.join(diff)}); "
-                        "use another --run-dir or delete it")
-    return run_dir
-
-
-def layer_path(run_dir: Path, index: int) -> Path:
-    return Path(run_dir) / f"layer_{index:03d}.safetensors"
-
-
-def save_layer(run_dir: Path, index: int, weights: dict[str, QuantizedLinear], records: list[dict]) -> Path:
-    """Checkpoint one finished decoder layer (its quantized linears and their records) into a run folder."""
-    tensors, linears = linear_tensors(weights)
-    return _write(layer_path(run_dir, index), tensors, {"linears": linears, "records": records})
-
-
-def load_layer(run_dir: Path, index: int, device: str | torch.device = "cpu"
-               ) -> tuple[dict[str, QuantizedLinear], list[dict]] | None:
-    """A finished layer's quantized linears and records from a run folder (None if it was not checkpointed)."""
-    path = layer_path(run_dir, index)
-    if not path.is_file():
-        return None
-    try:
-        meta = read_metadata(path)
-        return read_linears(path, meta["linears"], device), meta["records"]
-    except Exception as exc:
-        raise QiftError(f"run checkpoint {path} is unreadable ({exc}); delete it to redo that layer") from exc

@@ -9,7 +9,7 @@ Order of work (GPTQ/QuaRot's "true sequential" scheme):
    quantizer, like QuaRot, which also calibrates with activation quantization on);
 4. the layer's outputs with all its weights quantized are the next layer's calibration inputs.
 
-With a run folder each finished layer is checkpointed (`checkpoint.save_layer`); a rerun with the same folder
+With a run folder each finished layer is checkpointed (`run_folder.save_layer`); a rerun with the same folder
 and configuration loads the finished layers and continues after the last one, giving the same result bit for
 bit as an uninterrupted run.
 """
@@ -25,12 +25,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qift_hw.algo.capture import Batch, capture_layer_inputs, decoder_layers, propagate
-from qift_hw.algo.checkpoint import layer_path, load_layer, open_run_dir, save_layer
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.layer import layer_linears, quantize_layer, tick
 from qift_hw.algo.mixed import parse_w2_spec, select_w2_layers
 from qift_hw.algo.prepare import prepare_model
 from qift_hw.algo.quantized import QuantizedLinear, QuantizedModel
+from qift_hw.algo.run_folder import layer_path, load_layer, open_run_dir, save_layer
 from qift_hw.algo.sensitivity import first_windows, sensitivity_scores
 from qift_hw.core.io import write_json
 from qift_hw.core.levels import LevelSet

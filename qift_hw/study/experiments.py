@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qift_hw.algo.checkpoint import run_key, save_quantized
+from qift_hw.algo.checkpoint import save_quantized
+from qift_hw.algo.run_folder import run_key
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.algo.prepare import prepare_model
