@@ -7,36 +7,56 @@ for `asym`, `NAME.zero` (float32 [N, 1]); the metadata entry `linears` gives eac
 
 - An exported model (`save_quantized`) adds every other tensor of the rotated model's state dict (embedding,
   lm_head, norms, biases) as it is, and metadata: the Hugging Face model config, the rotation record (seed), the
-  quantization config, the W2 layer list and the model id the tokenizer comes from. `load_quantized` rebuilds
-  the architecture from the stored config, re-applies the rotation structure (online Hadamards) and installs
-  the dequantized weights, so the reloaded model computes exactly what was exported.
+  quantization config, the W2 layer list and the model the tokenizer comes from (a path, hub id or the embedded
+  default's name). `load_quantized` rebuilds the architecture from the stored config, re-applies the rotation
+  structure (online Hadamards) and installs the dequantized weights, so the reloaded model computes exactly what
+  was exported.
 - A run folder's layers (`run_folder.save_layer`) hold a decoder layer's linears and per-linear records.
+
+Every file carries a content digest (`content_digest`, metadata entry `digest`). Readers trust nothing: each
+tensor's dtype and shape is checked against the metadata, codes against their level set, the metadata against
+itself and the digest against the content, and anything unreadable is refused as corrupt, in one line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from qift_hw.algo.config import QuantConfig
-from qift_hw.algo.models import untie_embeddings
+from qift_hw.algo.models import MODEL_SOURCE, short_message, untie_embeddings
 from qift_hw.algo.prepare import prepare_model
 from qift_hw.algo.quantized import QuantizedLinear, QuantizedModel
 from qift_hw.core.errors import QiftError
 from qift_hw.core.io import atomic_path
-from qift_hw.core.levels import QParams, get_level_set, pack_codes, unpack_codes
+from qift_hw.core.levels import LevelSet, QParams, get_level_set, pack_codes, unpack_codes
 
 FORMAT = "qift-1"
 JSON_FIELDS = ("hf_config", "rotation", "quant_config", "linears", "w2_layers", "records")
 """Metadata entries stored as JSON text (each file has those that apply to it)."""
+EXPORT_FIELDS = ("hf_config", "rotation", "quant_config", "linears", "w2_layers", "model_id")
+"""Metadata entries every exported model has."""
+DIGEST = "digest"
+"""Metadata entry holding `content_digest` of the file."""
 QUANTIZED_SUFFIXES = (".qcodes", ".scale", ".zero")
+PARAM_DTYPE = torch.float32
+"""dtype of stored scales and zero points, and of every float tensor of an exported model."""
 
 
 def _pack_bits(bits: int) -> int:
     return 2 if bits == 2 else 4 if bits <= 4 else 8
+
+
+def _packed_width(K: int, ls: LevelSet) -> int:
+    per = 8 // _pack_bits(ls.bits)
+    return (K + per - 1) // per
 
 
 def linear_tensors(weights: dict[str, QuantizedLinear]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
@@ -53,46 +73,161 @@ def linear_tensors(weights: dict[str, QuantizedLinear]) -> tuple[dict[str, torch
     return tensors, linears
 
 
+def content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 over the metadata text (every entry but the digest) and each tensor's name, dtype, shape and bytes,
+    in name order: any changed bit, shape, dtype, tensor or metadata entry changes it."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in meta if k != DIGEST):
+        h.update(json.dumps([key, meta[key]]).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return "sha256:" + h.hexdigest()
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     from safetensors.torch import save_file
 
-    text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    text = {"format": FORMAT, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
+    text[DIGEST] = content_digest(tensors, text)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, **text})
+        save_file(tensors, str(tmp), metadata=text)
     return path
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The decoded metadata of a qift checkpoint (QiftError if it is not one)."""
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn any failure of a reader (a parser meeting flipped or missing bytes) into one line saying so."""
+    try:
+        yield
+    except QiftError:
+        raise
+    except Exception as exc:
+        raise QiftError(f"checkpoint {path} is corrupt or truncated ({short_message(exc)}); re-export it") from exc
+
+
+def _raw_metadata(path: Path) -> dict[str, str]:
+    """The metadata text of a qift checkpoint: it exists, is one, and carries a digest."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise QiftError(f"checkpoint {path} does not exist; pass a file written by `qift-hw quantize`")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:
-        raise QiftError(f"checkpoint {path} is not a readable safetensors file ({exc}); re-export it") from exc
+        raise QiftError(f"checkpoint {path} is not a readable safetensors file ({short_message(exc)}); "
+                        "re-export it") from exc
     if meta.get("format") != FORMAT:
         raise QiftError(f"{path} is not a qift-hw checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
-    return {k: json.loads(v) if k in JSON_FIELDS else v for k, v in meta.items()}
+    if DIGEST not in meta:
+        raise QiftError(f"checkpoint {path} has no content digest (written by an older qift-hw), so it cannot be "
+                        "checked; re-export it")
+    return meta
+
+
+def _check_linears_meta(path: Path, linears: object) -> None:
+    """The `linears` entry: a dict of name -> {level_set: a known set, shape: [N, K] positive integers}."""
+    if not isinstance(linears, dict):
+        raise QiftError(f"checkpoint {path}: metadata 'linears' is not a mapping; re-export it")
+    for name, info in linears.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int and d > 0 for d in shape)):
+            raise QiftError(f"checkpoint {path}: linear {name} has shape {shape!r} in the metadata, "
+                            "expected [N, K] positive integers; re-export it")
+        try:
+            get_level_set(info.get("level_set"))
+        except QiftError as exc:
+            raise QiftError(f"checkpoint {path}: linear {name}: {exc}") from None
+
+
+def _decode(path: Path, raw: dict[str, str]) -> dict:
+    meta = {k: json.loads(v) if k in JSON_FIELDS else v for k, v in raw.items()}
+    if "linears" in meta:
+        _check_linears_meta(path, meta["linears"])
+    return meta
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The decoded metadata of a qift checkpoint (QiftError if it is not one, or its metadata is malformed)."""
+    path = Path(path)
+    with _reading(path):
+        return _decode(path, _raw_metadata(path))
+
+
+def _expected_linear_tensors(name: str, info: dict) -> dict[str, tuple[torch.dtype, list[int]]]:
+    ls = get_level_set(info["level_set"])
+    N, K = info["shape"]
+    out = {f"{name}.qcodes": (torch.uint8, [N, _packed_width(K, ls)]), f"{name}.scale": (PARAM_DTYPE, [N, 1])}
+    if ls.kind == "asym":
+        out[f"{name}.zero"] = (PARAM_DTYPE, [N, 1])
+    return out
+
+
+def _check_tensor(path: Path, key: str, t: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> None:
+    if t.dtype != dtype or list(t.shape) != shape:
+        raise QiftError(f"checkpoint {path}: tensor {key} is {str(t.dtype).removeprefix('torch.')} "
+                        f"{list(t.shape)}, expected {str(dtype).removeprefix('torch.')} {shape}; re-export it")
+
+
+def _check_linear_tensors(path: Path, tensors: dict[str, torch.Tensor], linears: dict[str, dict]) -> None:
+    """Every listed linear has exactly its tensors, with the dtype and shape its metadata implies, finite params and
+    codes inside its level set; no quantized tensor is left over."""
+    expected: dict[str, tuple[torch.dtype, list[int]]] = {}
+    for name, info in linears.items():
+        expected.update(_expected_linear_tensors(name, info))
+    for key, (dtype, shape) in expected.items():
+        if key not in tensors:
+            raise QiftError(f"checkpoint {path} lacks tensor {key} (expected {str(dtype).removeprefix('torch.')} "
+                            f"{shape}); re-export it")
+        _check_tensor(path, key, tensors[key], dtype, shape)
+        if dtype.is_floating_point and not torch.isfinite(tensors[key]).all():
+            raise QiftError(f"checkpoint {path}: tensor {key} has non-finite values; re-export it")
+    extra = sorted(k for k in tensors if k.endswith(QUANTIZED_SUFFIXES) and k not in expected)
+    if extra:
+        raise QiftError(f"checkpoint {path} has tensor {extra[0]} that no linear of its metadata lists; re-export it")
+    for name, info in linears.items():
+        ls = get_level_set(info["level_set"])
+        codes = unpack_codes(tensors[f"{name}.qcodes"], info["shape"][1], bits=_pack_bits(ls.bits))
+        top = int(codes.max()) if codes.numel() else 0
+        if top >= len(ls.levels):
+            raise QiftError(f"checkpoint {path}: tensor {name}.qcodes holds code {top}, outside "
+                            f"0..{len(ls.levels) - 1} of level set {ls.name}; re-export it")
+
+
+def _read_tensors(path: Path, raw: dict[str, str], linears: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Every tensor of the file, its linears' tensors checked against `linears` and the whole against the digest."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    _check_linear_tensors(path, tensors, linears)
+    if content_digest(tensors, raw) != raw[DIGEST]:
+        raise QiftError(f"checkpoint {path} does not match its content digest (a tensor or metadata entry changed "
+                        "after it was written); re-export it")
+    return tensors
+
+
+def _linears_from(tensors: dict[str, torch.Tensor], linears: dict[str, dict], device: str | torch.device
+                  ) -> dict[str, QuantizedLinear]:
+    out = {}
+    for name, info in linears.items():
+        ls = get_level_set(info["level_set"])
+        codes = unpack_codes(tensors[f"{name}.qcodes"], info["shape"][1], bits=_pack_bits(ls.bits))
+        zero = tensors.get(f"{name}.zero")
+        params = QParams(tensors[f"{name}.scale"].to(device), None if zero is None else zero.to(device))
+        out[name] = QuantizedLinear(ls, codes.to(device), params)
+    return out
 
 
 def read_linears(path: str | Path, linears: dict[str, dict], device: str | torch.device = "cpu"
                  ) -> dict[str, QuantizedLinear]:
-    """The quantized linears listed in `linears` (a checkpoint's metadata entry), read from `path`."""
-    from safetensors import safe_open
-
-    out = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        keys = set(f.keys())
-        for name, info in linears.items():
-            ls = get_level_set(info["level_set"])
-            codes = unpack_codes(f.get_tensor(f"{name}.qcodes"), info["shape"][1], bits=_pack_bits(ls.bits))
-            zero = f.get_tensor(f"{name}.zero").to(device) if f"{name}.zero" in keys else None
-            out[name] = QuantizedLinear(ls, codes.to(device), QParams(f.get_tensor(f"{name}.scale").to(device), zero))
-    return out
+    """The quantized linears listed in `linears` (a checkpoint's metadata entry), read from `path` and checked."""
+    path = Path(path)
+    with _reading(path):
+        _check_linears_meta(path, linears)
+        return _linears_from(_read_tensors(path, _raw_metadata(path), linears), linears, device)
 
 
 def quantized_weights(path: str | Path) -> dict[str, QuantizedLinear]:
@@ -101,7 +236,11 @@ def quantized_weights(path: str | Path) -> dict[str, QuantizedLinear]:
 
 
 def save_quantized(path: str | Path, qm: QuantizedModel, model_id: str = "") -> Path:
-    """Write the quantized model `qm` to `path` (safetensors, atomically)."""
+    """Write the quantized model `qm` to `path` (safetensors, atomically).
+
+    The recorded `model_id` (where `eval-checkpoint` takes the tokenizer from) is the loaded model's source
+    (`models.MODEL_SOURCE`: a path, hub id or the embedded default's name) when it has one, else `model_id`.
+    """
     model = qm.model
     tensors, linears = linear_tensors(qm.weights)
     skip = {f"{name}.weight" for name in qm.weights}
@@ -114,48 +253,108 @@ def save_quantized(path: str | Path, qm: QuantizedModel, model_id: str = "") -> 
         "quant_config": qm.config.to_dict(),
         "linears": linears,
         "w2_layers": qm.w2_layers,
-        "model_id": model_id,
+        "model_id": getattr(model, MODEL_SOURCE, None) or model_id,
     }
     return _write(Path(path), tensors, meta)
 
 
-def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the quantized model from a checkpoint; returns (model in eval mode on `device`, metadata)."""
-    from safetensors import safe_open
+_LAYER_OF = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _check_export_meta(path: Path, meta: dict) -> QuantConfig:
+    """The metadata entries of an exported model agree with each other; returns its quantization config."""
+    missing = [k for k in EXPORT_FIELDS if k not in meta]
+    if missing:
+        raise QiftError(f"checkpoint {path} lacks metadata entry {missing[0]!r}; re-export it")
+    try:
+        cfg = QuantConfig.from_dict(meta["quant_config"])
+        w2_set, other = cfg.level_set, cfg.other_level_set
+    except QiftError as exc:
+        raise QiftError(f"checkpoint {path}: quant_config: {exc}") from None
+    w2 = meta["w2_layers"]
+    for name, info in meta["linears"].items():
+        m = _LAYER_OF.match(name)
+        want = None if m is None else w2_set if int(m.group(1)) in w2 else other
+        want_name = None if want is None else want.name
+        if info["level_set"] != want_name:
+            raise QiftError(f"checkpoint {path}: linear {name} has level set {info['level_set']!r}, but its "
+                            f"quant_config and W2 layer list give {want_name!r}; re-export it")
+    rotation, hf = meta["rotation"], meta["hf_config"]
+    if cfg.rotate != (rotation is not None):
+        raise QiftError(f"checkpoint {path}: quant_config says rotate={cfg.rotate} but the rotation record is "
+                        f"{'absent' if rotation is None else 'present'}; re-export it")
+    if rotation is not None:
+        if rotation.get("seed") != cfg.rotation_seed:
+            raise QiftError(f"checkpoint {path}: rotation seed {rotation.get('seed')!r} differs from quant_config's "
+                            f"rotation_seed {cfg.rotation_seed!r}; re-export it")
+        for key, hf_key in (("hidden_size", "hidden_size"), ("intermediate_size", "intermediate_size"),
+                            ("num_layers", "num_hidden_layers")):
+            if key in rotation and rotation[key] != hf.get(hf_key):
+                raise QiftError(f"checkpoint {path}: rotation record {key}={rotation[key]} differs from the model "
+                                f"config's {hf_key}={hf.get(hf_key)}; re-export it")
+    return cfg
+
+
+def _check_state(path: Path, state: dict[str, torch.Tensor], model: nn.Module, linears: dict[str, dict]) -> None:
+    """The stored float tensors are exactly the rebuilt model's (less the quantized weights), dtype and shape."""
+    expected = model.state_dict()
+    modules = dict(model.named_modules())
+    for name, info in linears.items():
+        lin = modules.get(name)
+        if not isinstance(lin, nn.Linear) or list(lin.weight.shape) != info["shape"]:
+            raise QiftError(f"checkpoint {path}: linear {name} {info['shape']} is not a linear of that shape in the "
+                            "model its config describes; re-export it")
+    wanted = set(expected) - {f"{n}.weight" for n in linears}
+    missing, extra = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    if missing:
+        raise QiftError(f"checkpoint {path} lacks {len(missing)} tensors (e.g. {missing[0]}); re-export it")
+    if extra:
+        raise QiftError(f"checkpoint {path} has tensor {extra[0]} that its model does not have; re-export it")
+    for key in sorted(wanted):
+        _check_tensor(path, key, state[key], expected[key].dtype, list(expected[key].shape))
+
+
+def _rebuild(path: Path, hf_config: dict) -> nn.Module:
+    """The untrained architecture of a stored Hugging Face config, in float32 on the CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    meta = read_metadata(path)
-    hf = dict(meta["hf_config"])
+    hf = dict(hf_config)
     model_type = hf.pop("model_type", None)
     try:
         config = AutoConfig.for_model(model_type, **hf)
+        config.tie_word_embeddings = False
+        with torch.device("cpu"):
+            return AutoModelForCausalLM.from_config(config, dtype=PARAM_DTYPE)
     except Exception as exc:
-        raise QiftError(f"checkpoint {path}: cannot rebuild model config ({exc})") from exc
-    config.tie_word_embeddings = False
-    cfg = QuantConfig.from_dict(meta["quant_config"])
-    rotation = meta["rotation"]
-    cfg.rotate = rotation is not None
-    if rotation is not None:
-        cfg.rotation_seed = int(rotation["seed"])
-    with torch.device("cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    untie_embeddings(model)
-    model.eval()
-    prepare_model(model, cfg)
-    linears = meta["linears"]
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()
+        raise QiftError(f"checkpoint {path}: cannot rebuild model config ({short_message(exc)})") from exc
+
+
+def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the quantized model from a checkpoint; returns (model in eval mode on `device`, metadata).
+
+    QiftError (one line) for a checkpoint that is missing, corrupt, tampered with or inconsistent.
+    """
+    path = Path(path)
+    with _reading(path):
+        raw = _raw_metadata(path)
+        meta = _decode(path, raw)
+        cfg = _check_export_meta(path, meta)
+        linears = meta["linears"]
+        tensors = _read_tensors(path, raw, linears)
+        model = _rebuild(path, meta["hf_config"])
+        untie_embeddings(model)
+        model.eval()
+        prepare_model(model, cfg)
+        state = {k: t for k, t in tensors.items()
                  if not k.endswith(QUANTIZED_SUFFIXES) or k.rsplit(".", 1)[0] not in linears}
-    missing = set(model.state_dict()) - set(state) - {f"{n}.weight" for n in linears}
-    if missing:
-        raise QiftError(f"checkpoint {path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); re-export it")
-    model.load_state_dict(state, strict=False)
-    modules = dict(model.named_modules())
-    for name, ql in read_linears(path, linears).items():
-        deq = ql.dequantized()
-        lin = modules[name]
-        with torch.no_grad():
-            lin.weight.copy_(deq)
-        lin.set_qweight(deq)
+        _check_state(path, state, model, linears)
+        model.load_state_dict(state, strict=False)
+        modules = dict(model.named_modules())
+        for name, ql in _linears_from(tensors, linears, "cpu").items():
+            deq = ql.dequantized()
+            lin = modules[name]
+            with torch.no_grad():
+                lin.weight.copy_(deq)
+            lin.set_qweight(deq)
     model.to(device)
     return model, meta

