@@ -114,6 +114,25 @@ def load_text(source: str = "pydoc", split: str = "eval") -> str:
     return text
 
 
+def text_digest(source: str) -> str:
+    """What a text source holds, for run identities: the SHA-256 of a file's bytes or of the pydoc text; a hub
+    dataset by its name (its content is fixed by the name)."""
+    import hashlib
+
+    if source in HUB_SOURCES:
+        return f"dataset:{source}"
+    if source == "pydoc":
+        data = pydoc_text().encode()
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise QiftError(
+                f"text source {source!r} is not a file nor one of pydoc, wikitext2, c4; pass an existing text file"
+            )
+        data = path.read_bytes()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def _cache_key(tokenizer, source: str, split: str) -> tuple:
     stamp = None
     path = Path(source).expanduser()

@@ -9,8 +9,8 @@ Order of work (GPTQ/QuaRot's "true sequential" scheme):
    quantizer, like QuaRot, which also calibrates with activation quantization on);
 4. the layer's outputs with all its weights quantized are the next layer's calibration inputs.
 
-With a run folder each finished layer is checkpointed (`run_folder.save_layer`); a rerun with the same folder
-and configuration loads the finished layers and continues after the last one, giving the same result bit for
+With a run folder each finished layer is checkpointed (`run_folder.save_layer`); a rerun with the same folder,
+inputs (model weights and calibration text, by content) and configuration loads the finished layers and continues after the last one, giving the same result bit for
 bit as an uninterrupted run.
 """
 
@@ -30,9 +30,10 @@ from qift_hw.algo.layer import layer_linears, quantize_layer, tick
 from qift_hw.algo.mixed import parse_w2_spec, select_w2_layers
 from qift_hw.algo.prepare import prepare_model
 from qift_hw.algo.quantized import QuantizedLinear, QuantizedModel
-from qift_hw.algo.run_folder import layer_path, load_layer, open_run_dir, save_layer
+from qift_hw.algo.run_folder import (discard_if_empty, layer_path, load_layer, open_run_dir, run_inputs,
+                                     save_layer, weights_digest)
 from qift_hw.algo.sensitivity import first_windows, sensitivity_scores
-from qift_hw.core.io import write_json
+from qift_hw.core.io import folder_lock, write_json
 from qift_hw.core.levels import LevelSet
 
 
@@ -50,17 +51,34 @@ def quantize_model(
     calib: torch.Tensor | None = None,
     model_id: str = "",
     progress: bool = True,
+    inputs: dict | None = None,
 ) -> QuantizedModel:
     """Rotate and quantize `model` in place (see the module docstring); returns what was done.
 
     calib: token windows [n, seqlen] to use instead of sampling `config.calib_*` from the tokenizer's text.
-    run_dir: per-layer checkpoints for resuming; model_id: names the model in the run folder's identity.
+    run_dir: per-layer checkpoints for resuming, locked for the run (QiftError if another process holds it) and
+    removed again if the run fails before its first layer; model_id: names the model in the run folder's identity;
+    inputs: `run_folder.run_inputs` of this model and text when the caller has them already.
     """
     config.validate()
+    if run_dir is None:
+        return _quantize(model, tokenizer, config, None, calib, progress)
+    if inputs is None:
+        inputs = run_inputs(weights_digest(model), model_id, config, calib)
+    with folder_lock(run_dir):
+        run = open_run_dir(Path(run_dir), config, inputs)
+        try:
+            return _quantize(model, tokenizer, config, run, calib, progress)
+        except BaseException:
+            discard_if_empty(run)
+            raise
+
+
+def _quantize(model: nn.Module, tokenizer, config: QuantConfig, run: Path | None, calib: torch.Tensor | None,
+              progress: bool) -> QuantizedModel:
     t_start = time.perf_counter()
     device = torch.device(config.device)
     gptq = config.method == "gptq"
-    run = open_run_dir(Path(run_dir), config, model_id) if run_dir is not None else None
     rotation = prepare_model(model, config)
     t_rot = time.perf_counter() - t_start
     layers = decoder_layers(model)

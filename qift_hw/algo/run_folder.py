@@ -3,52 +3,105 @@
 A run folder holds `config.json` (what the run depends on: `run_identity`) and one `layer_NNN.safetensors` per
 finished decoder layer (its quantized linears, stored as `checkpoint.linear_tensors`, and per-linear records),
 written atomically; a rerun with the same folder and identity loads the finished layers instead of redoing them.
+
+The identity names the inputs by content (`run_inputs`): a digest of the float model's weights, of the
+calibration text (or the calibration token windows given), the code version and the quantization config. A model
+or text changed in place under the same path therefore gets another folder (`run_key`), and a folder given
+explicitly that holds another run is refused, so finished layers of one run are never mixed into another.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from qift_hw.algo.checkpoint import FORMAT, _write, linear_tensors, read_linears, read_metadata
 from qift_hw.algo.config import QuantConfig
+from qift_hw.algo.data import text_digest
 from qift_hw.algo.quantized import QuantizedLinear
 from qift_hw.core.errors import QiftError
-from qift_hw.core.io import write_json
+from qift_hw.core.io import LOCK_NAME, write_json
+
+CONFIG_NAME = "config.json"
 
 
-def run_identity(cfg: QuantConfig, model_id: str) -> dict:
-    """What a run folder's results depend on: the model, the checkpoint format and the config's identity."""
-    return {"model": model_id, "checkpoint_format": FORMAT, **cfg.identity()}
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes of every tensor, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
 
 
-def run_key(cfg: QuantConfig, model_id: str = "") -> str:
+def code_version() -> str:
+    """The package version and the layer-checkpoint format: a run folder is only resumed by the code that wrote it."""
+    from qift_hw import __version__
+
+    return f"qift_hw {__version__}, {FORMAT}"
+
+
+def run_inputs(weights: str, model_id: str, cfg: QuantConfig, calib: torch.Tensor | None = None) -> dict:
+    """What a run computes from, by content: the float model (`weights_digest` before rotation) and the
+    calibration text, or the calibration windows when they are given instead of the text."""
+    if calib is not None:
+        text = "windows-sha256:" + hashlib.sha256(calib.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    else:
+        text = text_digest(cfg.calib_source)
+    return {"model": model_id, "weights": weights, "text": text, "code": code_version()}
+
+
+def run_identity(cfg: QuantConfig, inputs: dict) -> dict:
+    """What a run folder's results depend on: the inputs' contents, the checkpoint format and the config's identity."""
+    return json.loads(json.dumps({**inputs, "checkpoint_format": FORMAT, **cfg.identity()}))
+
+
+def run_key(cfg: QuantConfig, inputs: dict) -> str:
     """Short stable hash of `run_identity`, for run-folder names."""
-    text = json.dumps(run_identity(cfg, model_id), sort_keys=True)
+    text = json.dumps(run_identity(cfg, inputs), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def open_run_dir(run_dir: Path, cfg: QuantConfig, model_id: str) -> Path:
+def open_run_dir(run_dir: Path, cfg: QuantConfig, inputs: dict) -> Path:
     """Create `run_dir` for this run, or check that the run it holds is this one (QiftError otherwise)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise QiftError(f"run folder {run_dir} is a file; pass a folder path as --run-root")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.json"
-    ident = json.loads(json.dumps(run_identity(cfg, model_id)))
+    cfg_path = run_dir / CONFIG_NAME
+    ident = run_identity(cfg, inputs)
     if not cfg_path.is_file():
         write_json(cfg_path, ident)
         return run_dir
-    old = json.loads(cfg_path.read_text())
+    try:
+        old = json.loads(cfg_path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise QiftError(f"run folder {run_dir} has an unreadable {CONFIG_NAME} ({exc}); delete the folder") from None
     if old.get("checkpoint_format") != FORMAT:
         raise QiftError(f"run folder {run_dir} was written in an older layer-checkpoint format "
                         f"({old.get('checkpoint_format', 'before ' + FORMAT)}); delete it or use another --run-dir")
     if old != ident:
         diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-        raise QiftError(f"run folder {run_dir} holds a run with a different configuration ({', '.join(diff)}); "
-                        "use another --run-dir or delete it")
+        raise QiftError(f"run folder {run_dir} holds a run with a different configuration or inputs "
+                        f"({', '.join(diff)}); use another --run-dir or delete it")
     return run_dir
+
+
+def discard_if_empty(run_dir: Path) -> bool:
+    """Remove a run folder that holds no finished layer (only its config and lock); True if it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(p.name not in (CONFIG_NAME, LOCK_NAME) for p in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def layer_path(run_dir: Path, index: int) -> Path:

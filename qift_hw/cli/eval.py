@@ -231,6 +231,7 @@ def quantize_cmd(
     from qift_hw.algo.checkpoint import save_quantized
     from qift_hw.algo.models import load_model
     from qift_hw.algo.quantize import quantize_model
+    from qift_hw.algo.run_folder import run_inputs, weights_digest
     from qift_hw.study.experiments import run_dir_for
 
     if threads:
@@ -239,8 +240,9 @@ def quantize_cmd(
     cfg.validate()
     m, tok = load_model(model, device=cfg.device)
     mid = _model_id(model)
-    qm = quantize_model(m, tok, cfg, run_dir=None if fresh else run_dir_for(run_root, cfg, mid), model_id=mid,
-                        progress=progress)
+    inputs = None if fresh else run_inputs(weights_digest(m), mid, cfg)
+    qm = quantize_model(m, tok, cfg, run_dir=None if fresh else run_dir_for(run_root, cfg, inputs), model_id=mid,
+                        progress=progress, inputs=inputs)
     save_quantized(output, qm, model_id=model)
     print(f"wrote {output} ({cfg.label()}, W2 layers {qm.w2_layers})")
 

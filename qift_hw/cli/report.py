@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.core.errors import QiftError
 
 
 @app.command("report")
@@ -18,24 +16,9 @@ def report_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the merged results.json, results.md and plots."),
 ) -> None:
     """Merge the runs of several result files (same model, tokens and device) into one report."""
-    from qift_hw.study.report import markdown_rows, merge_results, pivot_table, write_report
+    from qift_hw.study.report import markdown_rows, merge_results, pivot_table, read_results, write_report
 
-    parts = []
-    for path in results:
-        if path.is_dir():
-            found = [path / n for n in ("results.json", "results.partial.json") if (path / n).is_file()]
-            if not found:
-                raise QiftError(f"{path} holds no results.json; give the file written by `qift-hw eval --out`")
-            path = found[0]
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise QiftError(f"{path} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise QiftError(f"{path} is not a results JSON file ({exc})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-            raise QiftError(f"{path} has no 'rows' list; give the results.json written by `qift-hw eval --out`")
-        parts.append(data)
+    parts = read_results(results, out)
     rows, meta = merge_results(parts)
     md = write_report(rows, out, meta)
     print(markdown_rows(rows))

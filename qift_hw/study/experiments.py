@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from qift_hw.algo.checkpoint import save_quantized
-from qift_hw.algo.run_folder import run_key
+from qift_hw.algo.run_folder import run_inputs, run_key, weights_digest
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.algo.prepare import prepare_model
@@ -115,8 +115,9 @@ def _row(point: Point, ppl: float, seconds: float, qm=None) -> dict:
     return row
 
 
-def run_dir_for(root: str | Path | None, cfg: QuantConfig, model_id: str) -> Path | None:
-    return None if root is None else Path(root) / run_key(cfg, model_id)
+def run_dir_for(root: str | Path | None, cfg: QuantConfig, inputs: dict) -> Path | None:
+    """The run folder of one quantized run under `root` (named by `run_key`: inputs by content and config)."""
+    return None if root is None else Path(root) / run_key(cfg, inputs)
 
 
 def run_points(
@@ -141,6 +142,7 @@ def run_points(
     it returns is stored in the row under "backend".
     """
     rows = []
+    weights = weights_digest(base_model) if run_root is not None else None
     for k, point in enumerate(points):
         t0 = time.perf_counter()
         model = copy.deepcopy(base_model).to(device)
@@ -149,8 +151,9 @@ def run_points(
             prepare_model(model, point.config)
         elif point.kind == "quant":
             cfg = replace(point.config, device=str(device))
-            qm = quantize_model(model, tokenizer, cfg, run_dir=run_dir_for(run_root, cfg, model_id), calib=calib,
-                                model_id=model_id, progress=progress)
+            inputs = run_inputs(weights, model_id, cfg, calib) if weights is not None else None
+            qm = quantize_model(model, tokenizer, cfg, run_dir=run_dir_for(run_root, cfg, inputs), calib=calib,
+                                model_id=model_id, progress=progress, inputs=inputs)
             if export is not None:
                 save_quantized(export, qm, model_id=model_id)
         info = backend(model, qm.weights) if backend is not None and qm is not None else None

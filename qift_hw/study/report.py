@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from qift_hw.core.errors import QiftError
-from qift_hw.core.io import save_figure, write_json, write_text
+from qift_hw.core.io import lock_folder, save_figure, write_json, write_text
 from qift_hw.core.levels import TWO_BIT_SETS
 from qift_hw.core.provenance import provenance, provenance_line, write_csv
 
@@ -174,13 +175,15 @@ def plot_ratio_sweep(rows: list[dict], path: str | os.PathLike) -> None:
 
 MERGE_KEYS = ("model", "text", "eval_windows", "seqlen", "device")
 """Meta fields that must agree for runs to share one table (the same model, tokens and device)."""
+SAME_RUN_FIELDS = ("ppl", "mean_rel_error", "layer_rel_error")
+"""Row fields compared when a run is seen in two results files (a difference is reported)."""
 
 
 def merge_results(parts: list[dict]) -> tuple[list[dict], dict]:
     """Rows and meta of several results files ({"meta", "rows"}) as one table.
 
     Runs must share MERGE_KEYS (else QiftError naming the field); a run (label and config) seen twice is kept once,
-    the first time. The merged meta keeps the shared fields and lists each part's command.
+    the first time, with a warning on stderr when its results (SAME_RUN_FIELDS) differ between the files. The merged meta keeps the shared fields and lists each part's command.
     """
     if not parts:
         raise QiftError("no results to merge")
@@ -191,13 +194,20 @@ def merge_results(parts: list[dict]) -> tuple[list[dict], dict]:
             if meta.get(k) != ref.get(k):
                 raise QiftError(f"results {i} has {k}={meta.get(k)!r} but results 1 has {ref.get(k)!r}; "
                                 "only runs on the same model, tokens and device share a table")
-    rows, seen = [], set()
-    for part in parts:
+    rows, seen = [], {}
+    for i, part in enumerate(parts, start=1):
         for row in part.get("rows", []):
             key = (row.get("label"), json.dumps(row.get("config"), sort_keys=True))
             if key not in seen:
-                seen.add(key)
+                seen[key] = (i, row)
                 rows.append(row)
+                continue
+            first, old = seen[key]
+            differ = [f for f in SAME_RUN_FIELDS if old.get(f) != row.get(f)]
+            if differ:
+                print(f"warning: run {row.get('label')!r} is in results {first} and {i} with different {differ[0]} "
+                      f"({_fmt(old.get(differ[0]), 6)} and {_fmt(row.get(differ[0]), 6)}); the table keeps results "
+                      f"{first}'s; drop one of the files to choose", file=sys.stderr)
     meta = {"title": "qift-hw results (merged)", **{k: ref.get(k) for k in MERGE_KEYS if k in ref},
             "commands": [p.get("meta", {}).get("command") for p in parts]}
     return rows, meta
@@ -208,22 +218,89 @@ CSV_COLUMNS = ("label", "kind", "weights", "a_bits", "kv_bits", "levels", "metho
 """Columns of results.csv (per-layer residuals and the full config stay in results.json)."""
 
 
+RESULTS = "results.json"
+PARTIAL = "results.partial.json"
+RESULT_FILES = (RESULTS, PARTIAL, "results.md", "results.csv")
+"""The files a results folder receives; an earlier run's are moved aside to `PREVIOUS_PREFIX` names."""
+PREVIOUS_PREFIX = "results.previous."
+
+_CLAIMED: dict[Path, int] = {}
+
+
+def claim_results_folder(folder: str | os.PathLike) -> Path:
+    """Make this process the one writer of a results folder until it exits.
+
+    Locks the folder (QiftError at once if another run holds it) and moves an earlier run's files aside
+    (results.json -> results.previous.json, ...), so that neither they nor a mix of two runs can be read as this
+    run's results. Called again by the same process, it does nothing.
+    """
+    folder = Path(folder)
+    key = folder.resolve()
+    if key not in _CLAIMED:
+        _CLAIMED[key] = lock_folder(folder)
+        for name in RESULT_FILES:
+            if (folder / name).is_file():
+                os.replace(folder / name, folder / (PREVIOUS_PREFIX + name.removeprefix("results.")))
+    return folder
+
+
+def results_file(folder: str | os.PathLike) -> Path:
+    """The results file of a results folder: results.json, or results.partial.json when only it exists or it is
+    the newer of the two (an interrupted rerun; said on stderr)."""
+    folder = Path(folder)
+    done, partial = folder / RESULTS, folder / PARTIAL
+    if not partial.is_file():
+        if not done.is_file():
+            raise QiftError(f"{folder} holds no {RESULTS}; give the folder written by `qift-hw eval --out`")
+        return done
+    if done.is_file() and done.stat().st_mtime_ns >= partial.stat().st_mtime_ns:
+        return done
+    if done.is_file():
+        print(f"warning: {folder}: using {PARTIAL}, newer than {RESULTS} (an unfinished rerun)", file=sys.stderr)
+    return partial
+
+
+def read_results(paths: list[Path], out: Path | None = None) -> list[dict]:
+    """The results ({"meta", "rows", ...}) of results files or folders (see `results_file`), for `merge_results`;
+    refuses `out` (where the merged report goes) when it is one of the input folders."""
+    parts = []
+    target = out.resolve() if out is not None else None
+    for path in paths:
+        path = Path(path)
+        if target is not None and (path if path.is_dir() else path.parent).resolve() == target:
+            raise QiftError(f"--out {out} is the folder of input {path}; writing there would replace that run's "
+                            "results: give another --out")
+        if path.is_dir():
+            path = results_file(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise QiftError(f"{path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise QiftError(f"{path} is not a results JSON file ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise QiftError(f"{path} has no 'rows' list; give the results.json written by `qift-hw eval --out`")
+        parts.append(data)
+    return parts
+
+
 def _results(rows: list[dict], meta: dict) -> dict:
     return {"meta": meta, "rows": rows, "provenance": provenance(meta.get("command"))}
 
 
 def write_partial(rows: list[dict], folder: str | os.PathLike, meta: dict) -> Path:
     """results.partial.json: the rows so far, so an interrupted run keeps what it measured."""
-    return write_json(Path(folder) / "results.partial.json", _results(rows, meta))
+    return write_json(claim_results_folder(folder) / PARTIAL, _results(rows, meta))
 
 
 def write_report(rows: list[dict], folder: str | os.PathLike, meta: dict | None = None, plots: bool = True) -> Path:
-    """Write results.json (rows, meta, provenance), results.md, results.csv and plots (png) into `folder`;
-    returns the Markdown path."""
-    folder = Path(folder)
+    """Write results.json (rows, meta, provenance; it replaces this run's results.partial.json), results.md,
+    results.csv and plots (png) into `folder` (claimed: `claim_results_folder`); returns the Markdown path."""
+    folder = claim_results_folder(folder)
     meta = dict(meta or {})
     results = _results(rows, meta)
-    write_json(folder / "results.json", results)
+    write_json(folder / RESULTS, results)
+    (folder / PARTIAL).unlink(missing_ok=True)
     write_csv(folder / "results.csv", [{**r, "setting": setting_of(r)} for r in rows], ("setting", *CSV_COLUMNS))
     md = folder / "results.md"
     write_text(md, render_markdown(rows, meta) + "\n" + provenance_line(results["provenance"]) + "\n")
