@@ -1,13 +1,13 @@
 """Fault injection on quantization runs and results folders: interruptions, stale inputs, concurrent writers.
 
-Cases (14 tests): SIGINT and SIGKILL at a random layer then resume (on one and on two threads), equal tensor
+Cases (15 tests): SIGINT and SIGKILL at a random layer then resume (on one and on two threads), equal tensor
 for tensor to an uninterrupted run in another process (2); a text file changed under the same path gets a new
 run (1); changed weights under the same name get another run folder and are refused in the old one (1); a
-corrupt run config.json is refused with one line (1); a run that fails validation leaves no run folder (1); a
-run folder held by another process is refused (1); a results folder held by another process is refused by the
-command line (1); a rerun moves the old results aside and `report` takes the newer partial (2); `report --out`
-on an input folder is refused (1); differing duplicate runs are reported, equal ones not (2); a temporary left
-by a killed writer is swept at the next write (1).
+corrupt run config.json is refused with one line (1); a run that fails validation leaves no run folder, nor a
+results folder (2); a run folder held by another process is refused (1); a results folder held by another
+process is refused by the command line (1); a rerun moves the old results aside and `report` takes the newer
+partial (2); `report --out` on an input folder is refused (1); differing duplicate runs are reported, equal
+ones not (2); a temporary left by a killed writer is swept at the next write (1).
 """
 
 from __future__ import annotations
@@ -282,3 +282,15 @@ def test_a_temporary_left_by_a_killed_writer_is_swept_at_the_next_write(tmp_path
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and not stale.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name])
+
+
+def test_a_results_folder_created_by_a_run_that_wrote_nothing_is_removed_at_exit(tmp_path):
+    script = textwrap.dedent(f'''
+        from qift_hw.study.report import claim_results_folder
+        claim_results_folder({str(tmp_path / "new")!r})
+        claim_results_folder({str(_results(tmp_path / "old", 70.0))!r})
+        raise SystemExit("model load failed")''')
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "model load failed" in res.stderr
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [".qift.lock", "results.previous.json"]

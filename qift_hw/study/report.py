@@ -8,14 +8,16 @@ and the plots into one folder.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from qift_hw.core.errors import QiftError
-from qift_hw.core.io import lock_folder, save_figure, write_json, write_text
+from qift_hw.core.io import LOCK_NAME, lock_folder, save_figure, write_json, write_text
 from qift_hw.core.levels import TWO_BIT_SETS
 from qift_hw.core.provenance import provenance, provenance_line, write_csv
 
@@ -237,11 +239,20 @@ def claim_results_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     key = folder.resolve()
     if key not in _CLAIMED:
+        created = not folder.exists()
         _CLAIMED[key] = lock_folder(folder)
+        if created:
+            atexit.register(_remove_if_unused, folder)
         for name in RESULT_FILES:
             if (folder / name).is_file():
                 os.replace(folder / name, folder / (PREVIOUS_PREFIX + name.removeprefix("results.")))
     return folder
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """At exit: remove a results folder this process created and wrote nothing into (a run that failed early)."""
+    if folder.is_dir() and all(p.name == LOCK_NAME for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def results_file(folder: str | os.PathLike) -> Path:
