@@ -2,7 +2,7 @@
 
 One checkpoint is exported once through `qift-hw eval --export` from a tiny local model (W2 layer 0 on mnz, layer 1
 on int3, rotated); each case tampers with a copy of it the way a bad disk, a careless edit or an old writer would,
-and checks the loader's one-line refusal (a few through `qift-hw eval-checkpoint` in a subprocess). 27 cases.
+and checks the loader's one-line refusal (a few through `qift-hw eval-checkpoint` in a subprocess).
 """
 
 import json
@@ -252,6 +252,7 @@ def test_checkpoint_without_a_digest_is_refused(setup, tmp_path):
 def test_level_set_changed_in_the_quant_config_is_refused(setup, tmp_path):
     path = tampered(setup, tmp_path, _json_edit("quant_config", lambda q: q.update(levels="pot_mnz")))
     refused(load_quantized, path, "model.layers.0.", "has level set 'mnz'", "give 'pot_mnz'")
+    refused(read_metadata, path, "model.layers.0.", "has level set 'mnz'", "give 'pot_mnz'")
 
 
 def test_level_set_changed_in_the_linears_entry_is_refused(setup, tmp_path):
@@ -271,12 +272,36 @@ def test_level_set_changed_everywhere_is_caught_by_the_digest(setup, tmp_path):
 def test_changed_rotation_seed_is_refused(setup, tmp_path):
     path = tampered(setup, tmp_path, _json_edit("rotation", lambda r: r.update(seed=5)))
     refused(load_quantized, path, "rotation seed 5 differs", "rotation_seed 0")
+    refused(read_metadata, path, "rotation seed 5 differs", "rotation_seed 0")
 
     def both(meta, t):
         _json_edit("rotation", lambda r: r.update(seed=5))(meta, t)
         _json_edit("quant_config", lambda q: q.update(rotation_seed=5))(meta, t)
 
     refused(load_quantized, tampered(setup, tmp_path, both, "both.safetensors"), "does not match its content digest")
+
+
+def test_rotation_record_that_does_not_fit_the_config_is_refused(setup, tmp_path):
+    path = tampered(setup, tmp_path, _json_edit("quant_config", lambda q: q.update(rotate=False)))
+    refused(load_quantized, path, "rotate=False", "rotation record is present")
+    path = tampered(setup, tmp_path, _json_edit("rotation", lambda r: r.update(hidden_size=128)), "dims.safetensors")
+    refused(load_quantized, path, "hidden_size=128 differs from the model config's hidden_size=64")
+
+
+def test_tampered_run_folder_layer_is_refused(tmp_path):
+    from qift_hw.algo.checkpoint import read_linears
+    from qift_hw.algo.config import QuantConfig
+    from qift_hw.algo.quantize import quantize_model
+
+    cfg = QuantConfig(levels="mnz", method="rtn", scale_method="maxabs")
+    quantize_model(tiny_llama(seed=3, layers=1), None, cfg, run_dir=tmp_path, progress=False)
+    layer = tmp_path / "layer_000.safetensors"
+    linears = read_metadata(layer)["linears"]
+    assert read_linears(layer, linears)[LINEAR].codes.shape == (64, 128)
+    raw = bytearray(layer.read_bytes())
+    raw[_data_offset(layer, f"{LINEAR}.scale")] ^= 0x01
+    layer.write_bytes(bytes(raw))
+    refused(lambda p: read_linears(p, linears), layer, "does not match its content digest")
 
 
 def test_malformed_linears_metadata_is_refused(setup, tmp_path):

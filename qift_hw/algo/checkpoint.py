@@ -146,11 +146,14 @@ def _decode(path: Path, raw: dict[str, str]) -> dict:
     meta = {k: json.loads(v) if k in JSON_FIELDS else v for k, v in raw.items()}
     if "linears" in meta:
         _check_linears_meta(path, meta["linears"])
+    if set(meta) & (set(EXPORT_FIELDS) - {"linears"}):
+        _check_export_meta(path, meta)
     return meta
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The decoded metadata of a qift checkpoint (QiftError if it is not one, or its metadata is malformed)."""
+    """The decoded metadata of a qift checkpoint (QiftError if it is not one, or its metadata is malformed or, for
+    an exported model, inconsistent: checked without reading the tensors)."""
     path = Path(path)
     with _reading(path):
         return _decode(path, _raw_metadata(path))
