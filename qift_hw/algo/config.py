@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from qift_hw.algo.mixed import parse_w2_spec
-from qift_hw.algo.qmodel import FLOAT_BITS
+from qift_hw.algo.qmodel import FLOAT_BITS, check_act_quant
 from qift_hw.core.errors import QiftError
 from qift_hw.core.formats import ACT_CLIP, KV_CLIP
 from qift_hw.core.levels import LevelSet, get_level_set
@@ -83,6 +83,7 @@ class QuantConfig:
         if self.other_bits not in OTHER_BITS:
             raise QiftError(f"--other-bits must be 4, 3, 8 or {FLOAT_BITS} (float), got {self.other_bits}")
         parse_w2_spec(self.w2_layers)
+        check_act_quant(self.a_bits, self.kv_bits, self.a_clip, self.kv_clip)
         for what, v in (("calibration windows", self.calib_windows), ("calibration seqlen", self.calib_seqlen),
                         ("batch size", self.batch_size), ("blocksize", self.blocksize),
                         ("sensitivity windows", self.sensitivity_windows)):

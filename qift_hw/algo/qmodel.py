@@ -38,6 +38,15 @@ def _check_bits(what: str, bits: int) -> None:
         raise QiftError(f"{what} width must be 2..8 bits or {FLOAT_BITS} (float), got {bits}")
 
 
+def check_act_quant(a_bits: int, kv_bits: int, a_clip: float, kv_clip: float) -> None:
+    """QiftError unless the activation and KV-cache quantizer settings can work (bits 2..8 or 16, clips in (0, 1])."""
+    _check_bits("activation", a_bits)
+    _check_bits("KV cache", kv_bits)
+    for what, clip in (("activation clip", a_clip), ("KV clip", kv_clip)):
+        if not 0.0 < clip <= 1.0:
+            raise QiftError(f"{what} ratio must be in (0, 1], got {clip}")
+
+
 class QLinear(nn.Linear):
     """A decoder linear with online Hadamard, activation fake-quantization, capture hook and weight replacement.
 
@@ -221,11 +230,7 @@ def quantize_model_forward(
     a_bits / kv_bits = 16 turns that quantizer off. Online Hadamards installed by the rotation are kept.
     Weight replacement is separate (QLinear.set_qweight). Returns iter_qlinears(model).
     """
-    _check_bits("activation", a_bits)
-    _check_bits("KV cache", kv_bits)
-    for what, clip in (("activation clip", a_clip), ("KV clip", kv_clip)):
-        if not 0.0 < clip <= 1.0:
-            raise QiftError(f"{what} ratio must be in (0, 1], got {clip}")
+    check_act_quant(a_bits, kv_bits, a_clip, kv_clip)
     qlinears = wrap_model(model)
     for _, q in qlinears:
         q.a_bits = a_bits

@@ -8,33 +8,40 @@ import importlib
 import pkgutil
 import sys
 
+from qift_hw.cli import exits
 from qift_hw.cli.app import app
 from qift_hw.core.errors import QiftError
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if _mod != "app" and not _mod.startswith("_"):
+    if _mod not in ("app", "exits") and not _mod.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod}")
 
 
 def main() -> None:
-    """Entry point: run the app and turn a QiftError into one line on stderr."""
+    """Entry point: run the app and exit with the contract of `exits`: 0 success, 1 failure, 2 bad input (a
+    QiftError, printed as one line) or usage error, 130 interrupted (one line saying how to resume)."""
+    import typer
+
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except QiftError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except SystemExit:
-        raise
+        sys.exit(exits.USAGE)
+    except exits.Interrupted as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(exits.INTERRUPTED)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = exits.INTERRUPTED
+    except typer.Abort:
+        sys.exit(exits.FAILURE)
     except Exception as exc:
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error from click/typer
-            exc.show()
-            sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            sys.exit(1)
-        raise
+        if not (hasattr(exc, "show") and hasattr(exc, "exit_code")):  # not a usage error of typer's (vendored) click
+            raise
+        exc.show()
+        sys.exit(exc.exit_code)
+    if code == exits.INTERRUPTED:
+        print(exits.interrupted_message(), file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else exits.OK)
 
 
 __all__ = ["app", "main"]

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import device_option, out_option, resolve_device, rotation_seed_option, run_folder
+from qift_hw.cli.options import (check_out_folder, device_option, out_option, resolve_device, rotation_seed_option,
+                                 run_folder)
 
 
 @app.command("analyze")
@@ -29,11 +30,12 @@ def analyze(
     from qift_hw.study.analysis import analyze_weights, write_analysis
 
     seed = QuantConfig.rotation_seed if rotation_seed is None else rotation_seed
+    folder = run_folder(out, "analyze", model=model or "smollm2", rotation_seed=seed, example=example)
+    check_out_folder(folder, ("stats.json", "stats.md", "stats.csv", "kurtosis.png", "qq.png"))
     torch.set_num_threads(min(2, torch.get_num_threads()))
     net, _ = load_model(model, device=resolve_device(device))
     stats, qq = analyze_weights(net, seed, example, progress)
     result = {"model": model or "smollm2", **stats, "provenance": provenance()}
-    folder = run_folder(out, "analyze", model=model or "smollm2", rotation_seed=seed, example=example)
     head, paths = write_analysis(result, qq, folder)
     typer.echo(head.rstrip())
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import ARRAY_HELP, SEQLEN_HELP, out_option, parse_array, run_folder
+from qift_hw.cli.options import ARRAY_HELP, SEQLEN_HELP, check_out_folder, out_option, parse_array, run_folder
 
 
 def _print(result: dict, console) -> None:
@@ -76,7 +76,8 @@ def estimate_cmd(
     from qift_hw.core.provenance import provenance, write_csv
     from qift_hw.core.shapes import load_model_shape
     from qift_hw.sim.cycle_model import HwConfig
-    from qift_hw.sim.estimate import layer_rows, parse_levels, parse_sram_kib, run_estimate, totals_rows
+    from qift_hw.sim.estimate import (check_lengths, layer_rows, parse_levels, parse_sram_kib, run_estimate,
+                                      totals_rows)
 
     rows, cols = parse_array(array)
     given = {"clock_mhz": clock_mhz, "dram_gbps": dram_gbps}
@@ -85,15 +86,18 @@ def estimate_cmd(
     hw = HwConfig(rows=rows, cols=cols, dataflow=dataflow, **{k: v for k, v in given.items() if v is not None})
     shape = load_model_shape(model)
     names = parse_levels(levels)
+    check_lengths(seqlen, context, lm_head_bits)
+    folder = run_folder(out, "estimate", model=model, array=f"{rows}x{cols}", dataflow=dataflow, seqlen=seqlen,
+                        context=seqlen if context is None else context, clock_mhz=hw.clock_mhz,
+                        dram_gbps=hw.dram_gbps, sram_kib=f"{hw.act_sram_kib:g},{hw.w_sram_kib:g},{hw.out_sram_kib:g}",
+                        levels="+".join(names), lm_head_bits=lm_head_bits, attention=attention)
+    stem = f"estimate_{Path(model).stem if '/' in model else model}_{rows}x{cols}_{dataflow}"
+    files = (f"{stem}.json", f"{stem}.csv", f"{stem}_layers.csv")
+    check_out_folder(folder, files)
     result = run_estimate(shape, hw, seqlen, context, names, lm_head_bits, attention, area_json)
     result["provenance"] = provenance()
     console = Console(width=max(Console().width, 140))
     _print(result, console)
-    folder = run_folder(out, "estimate", model=model, array=result["array"], dataflow=dataflow, seqlen=seqlen,
-                        context=result["context"], clock_mhz=hw.clock_mhz, dram_gbps=hw.dram_gbps,
-                        sram_kib=f"{hw.act_sram_kib:g},{hw.w_sram_kib:g},{hw.out_sram_kib:g}",
-                        levels="+".join(names), lm_head_bits=lm_head_bits, attention=attention)
-    stem = f"estimate_{Path(model).stem if '/' in model else model}_{result['array']}_{dataflow}"
-    paths = [write_json(folder / f"{stem}.json", result), write_csv(folder / f"{stem}.csv", totals_rows(result)),
-             write_csv(folder / f"{stem}_layers.csv", layer_rows(result))]
+    paths = [write_json(folder / files[0], result), write_csv(folder / files[1], totals_rows(result)),
+             write_csv(folder / files[2], layer_rows(result))]
     console.print("wrote " + ", ".join(str(p) for p in paths))

@@ -12,8 +12,9 @@ from typing import Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import (CALIB_SEED_HELP, RUNS, SEQLEN_HELP, device_option, parse_list, resolve_device,
-                                 rotation_seed_option)
+from qift_hw.cli.exits import resumable
+from qift_hw.cli.options import (CALIB_SEED_HELP, RUNS, SEQLEN_HELP, check_at_least, check_out_file,
+                                 check_out_folder, device_option, parse_list, resolve_device, rotation_seed_option)
 from qift_hw.core.errors import QiftError
 
 RUN_ROOT = RUNS / "gptq"
@@ -84,7 +85,42 @@ def _model_id(spec: str) -> str:
     return spec
 
 
-def _setup(model: str, text: str, seqlen: int, windows: Optional[int], threads: Optional[int]):
+def _check_inputs(text: str, split: str, threads: Optional[int], seqlen: Optional[int] = None,
+                  windows: Optional[int] = None, out: Optional[Path] = None) -> None:
+    """The checks that need no model, run before the model load (which takes a minute or two): numbers, the text
+    source (local ones are read, hub ones come later) and the output folder."""
+    from qift_hw.algo.data import HUB_SOURCES, load_text
+    from qift_hw.study.report import RESULT_FILES, claim_results_folder
+
+    check_at_least("--seqlen", seqlen, 2)
+    check_at_least("--windows", windows, 1)
+    check_at_least("--threads", threads, 1)
+    if text not in HUB_SOURCES:
+        load_text(text, split)
+    if out is not None:
+        check_out_folder(out, RESULT_FILES)
+        claim_results_folder(out)
+
+
+def _check_model(model, seqlens: dict[str, int], configs) -> None:
+    """The checks that need the model's config: window lengths within its context (`max_position_embeddings`)
+    and the W2 layer selection of every config within its layer count."""
+    from qift_hw.algo.mixed import parse_w2_spec, select_w2_layers
+
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None)
+    for flag, n in [*seqlens.items(), *(("--calib-seqlen", cfg.calib_seqlen) for cfg in configs)]:
+        if context and n > context:
+            raise QiftError(f"{flag} {n} is beyond the model's context of {context} tokens; use {context} or less")
+    n_layers = getattr(config, "num_hidden_layers", None)
+    if n_layers is None:
+        return
+    for cfg in configs:
+        spec = parse_w2_spec(cfg.w2_layers)
+        select_w2_layers(spec, n_layers, [0.0] * n_layers if spec.needs_scores else None)
+
+
+def _setup(model: str, text: str, seqlen: int, windows: Optional[int], threads: Optional[int], configs):
     import torch
 
     from qift_hw.algo.data import get_windows
@@ -93,6 +129,7 @@ def _setup(model: str, text: str, seqlen: int, windows: Optional[int], threads: 
     if threads:
         torch.set_num_threads(threads)
     base, tok = load_model(model, device="cpu")
+    _check_model(base, {"--seqlen": seqlen}, configs)
     ev = get_windows(tok, text, "eval", seqlen, windows)
     return base, tok, ev
 
@@ -155,6 +192,7 @@ def eval_cmd(
     from qift_hw.study.experiments import grid_points, preset_points, reference_points, run_points
 
     base = quant_config(text, device, locals())
+    base.validate()
     hook = eval_backend(backend, sim_hadamard)
     if table is not None:
         points = preset_points(table, base, mixed)
@@ -166,12 +204,17 @@ def eval_cmd(
         raise QiftError("nothing to run; drop --no-quant or add --fp / --int-refs")
     if export is not None and sum(p.kind == "quant" for p in points) != 1:
         raise QiftError("--export needs exactly one quantized run (one level set and one method)")
-    base_model, tok, ev = _setup(model, text, seqlen, windows, threads)
+    _check_inputs(text, "eval", threads, seqlen, windows, out)
+    if export is not None:
+        check_out_file(export, "--export")
+    configs = [p.config for p in points if p.kind == "quant"]
+    base_model, tok, ev = _setup(model, text, seqlen, windows, threads, configs)
     meta = _meta("qift-hw eval", model, text, ev, seqlen, base, backend=backend)
     rows: list[dict] = []
-    run_points(points, base_model, tok, ev, device=base.device, run_root=None if fresh else run_root,
-               model_id=_model_id(model), progress=progress, on_row=_partial_writer(out, meta, rows), export=export,
-               backend=hook)
+    with resumable(None if fresh or not configs else run_root):
+        run_points(points, base_model, tok, ev, device=base.device, run_root=None if fresh else run_root,
+                   model_id=_model_id(model), progress=progress, on_row=_partial_writer(out, meta, rows),
+                   export=export, backend=hook)
     _finish(rows, meta, out)
 
 
@@ -200,12 +243,15 @@ def sweep_ratio_cmd(
     except ValueError:
         raise QiftError(f"--ratios {ratios!r}: give numbers in (0, 1) separated by commas") from None
     base = quant_config(text, device, locals())
+    base.validate()
     points = ratio_points(base, rs, parse_list(method))
-    base_model, tok, ev = _setup(model, text, seqlen, windows, threads)
+    _check_inputs(text, "eval", threads, seqlen, windows, out)
+    base_model, tok, ev = _setup(model, text, seqlen, windows, threads, [p.config for p in points])
     meta = _meta("qift-hw sweep-ratio", model, text, ev, seqlen, base)
     rows: list[dict] = []
-    run_points(points, base_model, tok, ev, device=base.device, run_root=None if fresh else run_root,
-               model_id=_model_id(model), progress=progress, on_row=_partial_writer(out, meta, rows))
+    with resumable(None if fresh else run_root):
+        run_points(points, base_model, tok, ev, device=base.device, run_root=None if fresh else run_root,
+                   model_id=_model_id(model), progress=progress, on_row=_partial_writer(out, meta, rows))
     _finish(rows, meta, out)
 
 
@@ -234,16 +280,20 @@ def quantize_cmd(
     from qift_hw.algo.run_folder import run_inputs, weights_digest
     from qift_hw.study.experiments import run_dir_for
 
-    if threads:
-        torch.set_num_threads(threads)
     cfg = quant_config(text, device, locals(), levels=levels, method=method)
     cfg.validate()
+    _check_inputs(text, "calib", threads)
+    check_out_file(output, "OUTPUT")
+    if threads:
+        torch.set_num_threads(threads)
     m, tok = load_model(model, device=cfg.device)
+    _check_model(m, {}, [cfg])
     mid = _model_id(model)
     inputs = None if fresh else run_inputs(weights_digest(m), mid, cfg)
-    qm = quantize_model(m, tok, cfg, run_dir=None if fresh else run_dir_for(run_root, cfg, inputs), model_id=mid,
-                        progress=progress, inputs=inputs)
-    save_quantized(output, qm, model_id=model)
+    run_dir = None if fresh else run_dir_for(run_root, cfg, inputs)
+    with resumable(run_dir):
+        qm = quantize_model(m, tok, cfg, run_dir=run_dir, model_id=mid, progress=progress, inputs=inputs)
+        save_quantized(output, qm, model_id=model)
     print(f"wrote {output} ({cfg.label()}, W2 layers {qm.w2_layers})")
 
 
@@ -265,6 +315,7 @@ def eval_checkpoint_cmd(
     from qift_hw.algo.models import load_model
     from qift_hw.bridge.sim_backend import eval_backend
 
+    _check_inputs(text, "eval", threads, seqlen, windows)
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -272,6 +323,7 @@ def eval_checkpoint_cmd(
     meta = read_metadata(checkpoint)
     _, tok = load_model(model or meta.get("model_id") or None, device="cpu")
     qmodel, meta = load_quantized(checkpoint, device=dev)
+    _check_model(qmodel, {"--seqlen": seqlen}, [])
     ev = get_windows(tok, text, "eval", seqlen, windows)
     info = hook(qmodel, quantized_weights(checkpoint)) if hook is not None else {"name": "torch"}
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import out_option, run_folder
+from qift_hw.cli.options import check_out_folder, out_option, run_folder
 
 
 @app.command("levels")
@@ -22,6 +22,8 @@ def levels_cmd(
     from qift_hw.core.provenance import provenance, write_csv
     from qift_hw.study.plots import plot_level_sets
 
+    folder = run_folder(out, "levels")
+    check_out_folder(folder, ("levels.json", "levels.csv", "levels.png"))
     rows = level_table()
     table = Table(title="Level sets (levels in units of the per-channel scale)")
     for col in ("name", "bits", "levels", "inner/outer", "shift", "Gaussian MSE", "best scale"):
@@ -35,7 +37,6 @@ def levels_cmd(
     sweep = ratio_sweep()
     console.print(f"Gaussian MSE over inner/outer ratio 0.05..0.7: best ratio {sweep['best_ratio']:.3f} "
                   f"(MSE {sweep['best_mse']:.4f})")
-    folder = run_folder(out, "levels")
     paths = [write_json(folder / "levels.json", {"level_sets": rows, "ratio_sweep": sweep, "provenance": provenance()}),
              write_csv(folder / "levels.csv", rows), plot_level_sets(rows, sweep, folder / "levels.png")]
     console.print("wrote " + ", ".join(str(p) for p in paths))

@@ -7,9 +7,10 @@ those options default to None and the command reads the library's default when i
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import typer
 
@@ -102,3 +103,37 @@ rotation_seed_option = typer.Option(None, "--rotation-seed", help=ROTATION_SEED_
                                     show_default="QuantConfig.rotation_seed")
 stimulus_seed_option = typer.Option(0, "--seed", help=STIMULUS_SEED_HELP)
 acc_bits_option = typer.Option(None, "--acc-bits", help=ACC_BITS_HELP, show_default="core.formats.ACC_BITS")
+
+
+def check_at_least(flag: str, value: Optional[float], minimum: float) -> None:
+    """QiftError unless ``value`` (None: not given) is at least ``minimum``."""
+    if value is not None and value < minimum:
+        raise QiftError(f"{flag} must be at least {minimum:g}, got {value:g}")
+
+
+def _writable_parent(path: Path, flag: str) -> None:
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise QiftError(f"{flag} {path}: {probe} is a file, not a folder; give a path in a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise QiftError(f"{flag} {path}: cannot write in {probe}; give a path in a writable folder")
+
+
+def check_out_folder(folder: Path, files: Sequence[str] = (), flag: str = "--out") -> None:
+    """QiftError unless ``folder`` can take a command's output (checked before the work starts): not an existing
+    file, in a writable place, and none of the ``files`` it will hold an existing folder."""
+    if folder.exists() and not folder.is_dir():
+        raise QiftError(f"{flag} {folder} is an existing file; give a folder (it is created when missing)")
+    _writable_parent(folder / "x", flag)
+    for name in files:
+        if (folder / name).is_dir():
+            raise QiftError(f"{flag} {folder}: {folder / name} is a folder, where the run writes a file; move it away")
+
+
+def check_out_file(path: Path, flag: str) -> None:
+    """QiftError unless ``path`` can be written as a file (checked before the work starts)."""
+    if path.is_dir():
+        raise QiftError(f"{flag} {path} is a folder; give a file name")
+    _writable_parent(path, flag)

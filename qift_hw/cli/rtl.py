@@ -9,7 +9,8 @@ import typer
 
 from qift_hw.cli.app import app
 from qift_hw.cli.options import (ARRAY_HELP, HAD_N_HELP, LEVELS_HELP, acc_bits_option, acc_bits_or_default,
-                                 out_option, parse_array, parse_arrays, parse_list, run_folder, stimulus_seed_option)
+                                 check_out_file, check_out_folder, out_option, parse_array, parse_arrays, parse_list,
+                                 run_folder, stimulus_seed_option)
 from qift_hw.core.errors import QiftError
 
 rtl = typer.Typer(help="RTL of the W2 x INT4 accelerator: Verilog generation, cocotb verification, Yosys area.",
@@ -49,6 +50,7 @@ def generate_cmd(
     rows, cols = parse_array(array)
     acc_bits = acc_bits_or_default(acc_bits)
     had_in_bits = formats.HAD_IN_BITS if had_in_bits is None else had_in_bits
+    check_out_folder(out)
     tops = []
     if top in ("pe", "all"):
         tops.append(pe_top(levels, acc_bits))
@@ -106,6 +108,8 @@ def verify_cmd(
         if unknown:
             raise QiftError(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(c.name for c in cases)}")
         cases = [c for c in cases if c.name in wanted]
+    folder = run_folder(out, "rtl_verify", sim=sim, seed=seed, quick=quick, only=only.replace(",", "+") or None)
+    check_out_folder(folder, (f"rtl_verify_{sim}.json", f"rtl_verify_{sim}.csv"))
     results = []
     t0 = time.perf_counter()
     with Progress(transient=True) as bar:
@@ -141,7 +145,6 @@ def verify_cmd(
                   f"cycles, {ev['resets']} mid-run resets, partial tiles {'hit' if ev['padding'] else 'NOT hit'}")
     n_pass = sum(r.passed for r in results)
     console.print(f"{n_pass}/{len(results)} passed on {sim} in {total_s:.0f} s")
-    folder = run_folder(out, "rtl_verify", sim=sim, seed=seed, quick=quick, only=only.replace(",", "+") or None)
     path = folder / f"rtl_verify_{sim}.json"
     cases = [r.as_dict() for r in results]
     write_text(path, json.dumps({"sim": sim, "seed": seed, "quick": quick, "seconds": round(total_s, 1),
@@ -188,6 +191,8 @@ def area_cmd(
     arr_levels = parse_list(array_levels) if array_levels else list(area_report.ARRAY_KINDS_DEFAULT)
     hads = [int(n) for n in parse_list(had_n)] if had_n else []
     given = {"pe_acc_bits": [int(b) for b in parse_list(pe_acc_bits)]} if pe_acc_bits else {}
+    if out is not None:
+        check_out_folder(out, tuple(f"rtl_area.{ext}" for ext in ("json", "md", "csv", "png")))
     with Progress(transient=True) as bar:
         task = bar.add_task("yosys", total=None)
         report = area_sweep(pe_levels, arr_levels, sizes, parse_list(dataflows), acc_bits, yosys=yosys,
@@ -219,6 +224,7 @@ def tiles_cmd(
     from qift_hw.bridge.tiles import export_tiles
     from qift_hw.verify.cases import tiles_path
 
+    check_out_file(out or tiles_path(), "--out")
     path = export_tiles(out or tiles_path(), layer=layer, tokens=tokens, checkpoint=checkpoint)
     typer.echo(f"saved {path}")
 

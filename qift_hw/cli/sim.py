@@ -6,8 +6,8 @@ from typing import Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import (ARRAY_HELP, LEVELS_HELP, acc_bits_option, acc_bits_or_default, out_option,
-                                 parse_array, run_folder, stimulus_seed_option)
+from qift_hw.cli.options import (ARRAY_HELP, LEVELS_HELP, acc_bits_option, acc_bits_or_default, check_at_least,
+                                 check_out_folder, out_option, parse_array, run_folder, stimulus_seed_option)
 
 sim_app = typer.Typer(help="Bit-accurate model of the W2 x INT4 array: protocol traces and checks.", no_args_is_help=True)
 app.add_typer(sim_app, name="sim")
@@ -36,6 +36,11 @@ def trace_cmd(
     R, C = parse_array(array)
     acc_bits = acc_bits_or_default(acc_bits)
     _, code_bits = pe_kind(level_set)
+    check_at_least("--m", m, 1)
+    check_at_least("--k", k, 1)
+    folder = run_folder(out, "sim_trace", dataflow=dataflow, array=f"{R}x{C}", m=m if dataflow == "ws" else None,
+                        k=k if dataflow == "os" else None, levels=level_set, acc_bits=acc_bits, seed=seed)
+    check_out_folder(folder, ("trace.npz", "trace.json"))
     rng = np.random.default_rng(seed)
     if dataflow == "ws":
         acts, codes = rng.integers(-8, 8, (m, R)), rng.integers(0, 2**code_bits, (C, R))
@@ -45,8 +50,6 @@ def trace_cmd(
         res, ovf, tr = os_pass(OSArray(R, C, level_set, acc_bits), acts, codes)
     else:
         raise QiftError(f"unknown dataflow {dataflow!r}; use ws or os")
-    folder = run_folder(out, "sim_trace", dataflow=dataflow, array=f"{R}x{C}", m=m if dataflow == "ws" else None,
-                        k=k if dataflow == "os" else None, levels=level_set, acc_bits=acc_bits, seed=seed)
     path = folder / "trace.npz"
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:

@@ -46,6 +46,21 @@ def parse_sram_kib(text: str) -> tuple[float, float, float]:
     return vals[0], vals[1], vals[2]
 
 
+LM_HEAD_BITS_MAX = 16
+"""Widest lm_head weight the estimate counts (16: float16); 0 leaves lm_head out."""
+
+
+def check_lengths(seqlen: int, context: int | None, lm_head_bits: int) -> None:
+    """QiftError for lengths and widths that would give negative or empty counts: prefill ``seqlen`` >= 1 token,
+    decode ``context`` >= 0 tokens, ``lm_head_bits`` 0 (left out) to `LM_HEAD_BITS_MAX`."""
+    if seqlen < 1:
+        raise QiftError(f"--seqlen must be at least 1 token, got {seqlen}")
+    if context is not None and context < 0:
+        raise QiftError(f"--context must be at least 0 tokens (the KV cache before the decoded token), got {context}")
+    if not 0 <= lm_head_bits <= LM_HEAD_BITS_MAX:
+        raise QiftError(f"--lm-head-bits must be 0 (leave lm_head out) to {LM_HEAD_BITS_MAX}, got {lm_head_bits}")
+
+
 def pe_areas(path: str | Path, acc_bits: int) -> dict:
     """Generic-cell and iCE40-LUT counts per PE kind at ``acc_bits`` from an RTL area report (rtl_area.json)."""
     try:
@@ -69,6 +84,7 @@ def run_estimate(shape: ModelShape, hw: HwConfig, seqlen: int, context: int | No
     for name in levels:
         if name not in FORMAT_OF_LEVELS:
             raise QiftError(f"no estimate for level set {name!r}; use {', '.join(FORMAT_OF_LEVELS)}")
+    check_lengths(seqlen, context, lm_head_bits)
     reports = {}
     for name in levels:
         bits = get_level_set(name).bits
