@@ -2,8 +2,8 @@
 
 Cases (15 tests): SIGINT and SIGKILL at a random layer then resume (on one and on two threads), equal tensor
 for tensor to an uninterrupted run in another process (2); a text file changed under the same path gets a new
-run (1); changed weights under the same name get another run folder and are refused in the old one (1); a
-corrupt run config.json is refused with one line (1); a run that fails validation leaves no run folder, nor a
+run (1); changed weights (or batch size, device) under the same name get another run folder and are refused in
+the old one (1); a corrupt run config.json is refused with one line (1); a run that fails validation leaves no run folder, nor a
 results folder (2); a run folder held by another process is refused (1); a results folder held by another
 process is refused by the command line (1); a rerun moves the old results aside and `report` takes the newer
 partial (2); `report --out` on an input folder is refused (1); differing duplicate runs are reported, equal
@@ -156,6 +156,8 @@ def test_changed_weights_under_the_same_name_get_another_run_folder_and_are_refu
     inputs_new = run_inputs(weights_digest(new), "model.safetensors", cfg)
     assert inputs_old["weights"] != inputs_new["weights"]
     assert run_dir_for(tmp_path, cfg, inputs_old) != run_dir_for(tmp_path, cfg, inputs_new)
+    for other in (_cfg(batch_size=4), _cfg(device="meta")):  # batching changes the Hessian's bits
+        assert run_dir_for(tmp_path, other, inputs_old) != run_dir_for(tmp_path, cfg, inputs_old)
     quantize_model(old, None, cfg, run_dir=tmp_path / "r", model_id="model.safetensors", progress=False)
     with pytest.raises(QiftError, match=r"different configuration or inputs \(weights\)"):
         quantize_model(new, None, cfg, run_dir=tmp_path / "r", model_id="model.safetensors", progress=False)

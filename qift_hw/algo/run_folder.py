@@ -58,8 +58,11 @@ def run_inputs(weights: str, model_id: str, cfg: QuantConfig, calib: torch.Tenso
 
 
 def run_identity(cfg: QuantConfig, inputs: dict) -> dict:
-    """What a run folder's results depend on: the inputs' contents, the checkpoint format and the config's identity."""
-    return json.loads(json.dumps({**inputs, "checkpoint_format": FORMAT, **cfg.identity()}))
+    """What a run folder's results depend on: the inputs' contents, the checkpoint format, the config's identity
+    and the numerics: the batch size (each batch's X^T X is one product, so batching changes the Hessian's last
+    bits, and GPTQ can turn those into other codes) and the device type."""
+    numerics = {"batch_size": cfg.batch_size, "device": torch.device(cfg.device).type}
+    return json.loads(json.dumps({**inputs, "checkpoint_format": FORMAT, **cfg.identity(), "numerics": numerics}))
 
 
 def run_key(cfg: QuantConfig, inputs: dict) -> str:
