@@ -3,11 +3,11 @@
 Cases (15 tests): SIGINT and SIGKILL at a random layer then resume (on one and on two threads), equal tensor
 for tensor to an uninterrupted run in another process (2); a text file changed under the same path gets a new
 run (1); changed weights (or batch size, device) under the same name get another run folder and are refused in
-the old one (1); a corrupt run config.json is refused with one line (1); a run that fails validation leaves no run folder, nor a
-results folder (2); a run folder held by another process is refused (1); a results folder held by another
-process is refused by the command line (1); a rerun moves the old results aside and `report` takes the newer
-partial (2); `report --out` on an input folder is refused (1); differing duplicate runs are reported, equal
-ones not (2); a temporary left by a killed writer is swept at the next write (1).
+the old one (1); a corrupt run config.json is refused with one line (1); a run that fails validation leaves no
+run folder, nor a results folder (2); a run folder held by another process is refused (1); a results folder
+held by another process is refused by the command line (1); a rerun moves the old results aside and `report`
+takes the newer partial (2); `report --out` on an input folder is refused (1); differing duplicate runs are
+reported, equal ones not (2); a temporary left by a killed writer is swept at the next write (1).
 """
 
 from __future__ import annotations

@@ -89,6 +89,15 @@ def _hub_text(source: str, split: str) -> str:
         ) from exc
 
 
+def _text_file(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise QiftError(
+            f"text source {source!r} is not a file nor one of pydoc, wikitext2, c4; pass an existing text file"
+        )
+    return path
+
+
 def load_text(source: str = "pydoc", split: str = "eval") -> str:
     """Text of one split of a source: "pydoc", "wikitext2", "c4", or a path to a UTF-8 text file."""
     _check_split(split)
@@ -97,11 +106,7 @@ def load_text(source: str = "pydoc", split: str = "eval") -> str:
     elif source in HUB_SOURCES:
         text = _hub_text(source, split)
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise QiftError(
-                f"text source {source!r} is not a file nor one of pydoc, wikitext2, c4; pass an existing text file"
-            )
+        path = _text_file(source)
         try:
             full = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -124,12 +129,7 @@ def text_digest(source: str) -> str:
     if source == "pydoc":
         data = pydoc_text().encode()
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise QiftError(
-                f"text source {source!r} is not a file nor one of pydoc, wikitext2, c4; pass an existing text file"
-            )
-        data = path.read_bytes()
+        data = _text_file(source).read_bytes()
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
