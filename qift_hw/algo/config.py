@@ -19,7 +19,9 @@ SCALE_METHODS = ("mse", "maxabs")
 OTHER_BITS = (3, 4, 8, FLOAT_BITS)
 COMPUTE_DTYPES = ("float32", "float64")
 HOST_FIELDS = ("device", "batch_size")
-"""Fields that change where and how fast a run computes, not the quantized weights."""
+"""Fields that say where and in what batches a run computes; left out of the configuration's identity. The batch
+size can still move GPTQ codes (the calibration forwards round differently per batch shape), so run folders key on
+both separately (`algo.run_folder`)."""
 RENAMED_FIELDS = {"seed": "calib_seed"}
 """Old key -> field, so that results written before a rename still load."""
 
