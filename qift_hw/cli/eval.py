@@ -309,7 +309,7 @@ def eval_checkpoint_cmd(
     """Perplexity of a saved quantized checkpoint."""
     import torch
 
-    from qift_hw.algo.checkpoint import load_quantized, quantized_weights, read_metadata
+    from qift_hw.algo.checkpoint import load_quantized, quantized_weights
     from qift_hw.algo.data import get_windows
     from qift_hw.algo.evaluate import evaluate_ppl
     from qift_hw.algo.models import load_model
@@ -320,9 +320,8 @@ def eval_checkpoint_cmd(
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     hook = eval_backend(backend, sim_hadamard)
-    meta = read_metadata(checkpoint)
-    _, tok = load_model(model or meta.get("model_id") or None, device="cpu")
     qmodel, meta = load_quantized(checkpoint, device=dev)
+    _, tok = load_model(model or meta.get("model_id") or None, device="cpu")
     _check_model(qmodel, {"--seqlen": seqlen}, [])
     ev = get_windows(tok, text, "eval", seqlen, windows)
     info = hook(qmodel, quantized_weights(checkpoint)) if hook is not None else {"name": "torch"}
