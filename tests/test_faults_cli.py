@@ -193,20 +193,23 @@ def test_quantize_eval_checkpoint_and_run_folder(tiny, tmp_path):
     assert_bad_input(res, "config.json", only_line=False)
 
 
-def _interrupt_eval(tiny: Path, run_root: Path, *extra: str) -> subprocess.CompletedProcess:
-    """Start a long `qift-hw eval` on the tiny model, send SIGINT once its first layer is quantized, wait for it."""
+def _interrupt_eval(tiny: Path, run_root: Path, *extra: str, out: Path | None = None) -> subprocess.CompletedProcess:
+    """Start a long `qift-hw eval` on the tiny model, send SIGINT once its first layer is quantized (or, with
+    ``out``, once its first result row is written), wait for it."""
     args = [sys.executable, "-m", "qift_hw", "eval", "--model", "model", "--text", "text.txt", "--seqlen", "32",
             "--windows", "2", "--calib-windows", "32", "--calib-seqlen", "64", "--device", "cpu", "--no-progress",
-            "--levels", "mnz,std,pot_mnz,pm12", "--run-root", str(run_root), *extra]
+            "--levels", "mnz,std,pot_mnz,pm12,asym,lloyd,nf2", "--run-root", str(run_root), *extra]
+    if out is not None:
+        args += ["--out", str(out)]
     proc = subprocess.Popen(args, cwd=tiny, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 120
+    # a fresh run keeps no layers: the first result row written into --out marks its progress instead
+    progress = out / "results.partial.json" if out is not None else None
     while proc.poll() is None and time.monotonic() < deadline:
-        if "--fresh" in extra or list(run_root.glob("*/layer_000.safetensors")):
+        if (progress.is_file() if progress is not None else list(run_root.glob("*/layer_000.safetensors"))):
             break
         time.sleep(0.05)
-    if "--fresh" in extra:
-        time.sleep(4.0)  # past the model load: nothing on disk marks the progress of a fresh run
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -225,7 +228,7 @@ def test_sigint_exits_130_and_says_how_to_resume(tiny, tmp_path):
 
 @SLOW
 def test_sigint_without_a_run_folder_exits_130(tiny, tmp_path):
-    res = _interrupt_eval(tiny, tmp_path / "rr", "--fresh")
+    res = _interrupt_eval(tiny, tmp_path / "rr", "--fresh", out=tmp_path / "out")
     assert res.returncode == 130, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1] == "interrupted"
