@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qift_hw.algo.checkpoint import FORMAT, _write, linear_tensors, read_linears, read_metadata
+from qift_hw.algo.checkpoint import FORMAT, _write, content_digest, linear_tensors, read_linears, read_metadata
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.data import text_digest
 from qift_hw.algo.quantized import QuantizedLinear
@@ -31,13 +31,9 @@ CONFIG_NAME = "config.json"
 
 
 def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes of every tensor, in name order)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + h.hexdigest()
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes of every tensor, in name order): the
+    checkpoints' `content_digest` with no metadata."""
+    return content_digest(model.state_dict(), {})
 
 
 def code_version() -> str:
