@@ -174,9 +174,10 @@ def _check_tensor(path: Path, key: str, t: torch.Tensor, dtype: torch.dtype, sha
                         f"{list(t.shape)}, expected {str(dtype).removeprefix('torch.')} {shape}; re-export it")
 
 
-def _check_linear_tensors(path: Path, tensors: dict[str, torch.Tensor], linears: dict[str, dict]) -> None:
+def _check_linear_tensors(path: Path, tensors: dict[str, torch.Tensor], linears: dict[str, dict]
+                          ) -> dict[str, torch.Tensor]:
     """Every listed linear has exactly its tensors, with the dtype and shape its metadata implies, finite params and
-    codes inside its level set; no quantized tensor is left over."""
+    codes inside its level set; no quantized tensor is left over. Returns each linear's unpacked codes [N, K]."""
     expected: dict[str, tuple[torch.dtype, list[int]]] = {}
     for name, info in linears.items():
         expected.update(_expected_linear_tensors(name, info))
@@ -190,6 +191,7 @@ def _check_linear_tensors(path: Path, tensors: dict[str, torch.Tensor], linears:
     extra = sorted(k for k in tensors if k.endswith(QUANTIZED_SUFFIXES) and k not in expected)
     if extra:
         raise QiftError(f"checkpoint {path} has tensor {extra[0]} that no linear of its metadata lists; re-export it")
+    unpacked = {}
     for name, info in linears.items():
         ls = get_level_set(info["level_set"])
         codes = unpack_codes(tensors[f"{name}.qcodes"], info["shape"][1], bits=_pack_bits(ls.bits))
@@ -197,30 +199,32 @@ def _check_linear_tensors(path: Path, tensors: dict[str, torch.Tensor], linears:
         if top >= len(ls.levels):
             raise QiftError(f"checkpoint {path}: tensor {name}.qcodes holds code {top}, outside "
                             f"0..{len(ls.levels) - 1} of level set {ls.name}; re-export it")
+        unpacked[name] = codes
+    return unpacked
 
 
-def _read_tensors(path: Path, raw: dict[str, str], linears: dict[str, dict]) -> dict[str, torch.Tensor]:
-    """Every tensor of the file, its linears' tensors checked against `linears` and the whole against the digest."""
+def _read_tensors(path: Path, raw: dict[str, str], linears: dict[str, dict]
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every tensor of the file, its linears' tensors checked against `linears` and the whole against the digest;
+    and each linear's unpacked codes."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    _check_linear_tensors(path, tensors, linears)
+    codes = _check_linear_tensors(path, tensors, linears)
     if content_digest(tensors, raw) != raw[DIGEST]:
         raise QiftError(f"checkpoint {path} does not match its content digest (a tensor or metadata entry changed "
                         "after it was written); re-export it")
-    return tensors
+    return tensors, codes
 
 
-def _linears_from(tensors: dict[str, torch.Tensor], linears: dict[str, dict], device: str | torch.device
-                  ) -> dict[str, QuantizedLinear]:
+def _linears_from(tensors: dict[str, torch.Tensor], codes: dict[str, torch.Tensor], linears: dict[str, dict],
+                  device: str | torch.device) -> dict[str, QuantizedLinear]:
     out = {}
     for name, info in linears.items():
-        ls = get_level_set(info["level_set"])
-        codes = unpack_codes(tensors[f"{name}.qcodes"], info["shape"][1], bits=_pack_bits(ls.bits))
         zero = tensors.get(f"{name}.zero")
         params = QParams(tensors[f"{name}.scale"].to(device), None if zero is None else zero.to(device))
-        out[name] = QuantizedLinear(ls, codes.to(device), params)
+        out[name] = QuantizedLinear(get_level_set(info["level_set"]), codes[name].to(device), params)
     return out
 
 
@@ -230,7 +234,7 @@ def read_linears(path: str | Path, linears: dict[str, dict], device: str | torch
     path = Path(path)
     with _reading(path):
         _check_linears_meta(path, linears)
-        return _linears_from(_read_tensors(path, _raw_metadata(path), linears), linears, device)
+        return _linears_from(*_read_tensors(path, _raw_metadata(path), linears), linears, device)
 
 
 def quantized_weights(path: str | Path) -> dict[str, QuantizedLinear]:
@@ -343,7 +347,7 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tupl
         meta = _decode(path, raw)
         cfg = _check_export_meta(path, meta)
         linears = meta["linears"]
-        tensors = _read_tensors(path, raw, linears)
+        tensors, codes = _read_tensors(path, raw, linears)
         model = _rebuild(path, meta["hf_config"])
         untie_embeddings(model)
         model.eval()
@@ -353,7 +357,7 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tupl
         _check_state(path, state, model, linears)
         model.load_state_dict(state, strict=False)
         modules = dict(model.named_modules())
-        for name, ql in _linears_from(tensors, linears, "cpu").items():
+        for name, ql in _linears_from(tensors, codes, linears, "cpu").items():
             deq = ql.dequantized()
             lin = modules[name]
             with torch.no_grad():
