@@ -21,6 +21,7 @@ from qift_hw.core.io import LOCK_NAME, lock_folder, save_figure, write_json, wri
 from qift_hw.core.levels import TWO_BIT_SETS
 from qift_hw.core.provenance import provenance, provenance_line, write_csv
 
+
 def _fmt(x, digits: int = 2) -> str:
     if x is None:
         return "-"
