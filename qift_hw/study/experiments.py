@@ -8,7 +8,6 @@ evaluation and calibration windows, and returns result rows for `qift_hw.study.r
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -169,7 +168,3 @@ def run_points(
             on_row(row)
         del model, qm
     return rows
-
-
-def rows_to_json(rows: list[dict]) -> str:
-    return json.dumps(rows, indent=2)
