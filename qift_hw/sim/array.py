@@ -1,10 +1,16 @@
 """Cycle-stepped R x C PE array: weight-stationary and output-stationary, register by register.
 
 This is the executable form of docs/array_protocol.md. Each `step` is one clock edge: every register takes the
-value computed from the register outputs and input ports of the cycle that ends. `ws_pass` / `os_pass` drive one
-pass with the protocol's input schedule and return the per-cycle trace (inputs driven, outputs seen) that the RTL
-bench replays; `ws_gemm` / `os_gemm` run a whole GEMM as back-to-back passes and count the cycles, which the cycle
-model (`qift_hw.sim.cycle_model`) must equal. Meant for small tiles: it is a Python loop over cycles.
+value computed from the register outputs and input ports of the cycle that ends.
+
+Protocol v1 (the current RTL): `ws_pass` / `os_pass` drive one pass with the protocol's input schedule and return
+the per-cycle trace (inputs driven, outputs seen) that the RTL bench replays; `ws_gemm` / `os_gemm` run a whole
+GEMM as back-to-back passes and count the cycles, which the cycle model (`qift_hw.sim.cycle_model`) must equal.
+
+Protocol v2 (overlapped tiles): `WS2Array` (double-buffered weights; also the decode mode ``stream``) and
+`OS2Array` (output chain drained under the next tile); `gemm_v2` runs a whole GEMM and returns the results, the
+cycles, the array-edge words counted while stepping and optionally the trace; all equal `qift_hw.sim.dataflow`.
+Meant for small tiles: it is a Python loop over cycles.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import numpy as np
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import LevelSet, get_level_set
+from qift_hw.sim.dataflow import check_gemm, chunks
 from qift_hw.sim.pe import pe_kind, pe_product
 
 DATAFLOWS = ("ws", "os")
@@ -310,3 +317,318 @@ def array_gemm(acts, codes, R: int, C: int, dataflow: str = "ws", level_set: str
     if dataflow == "os":
         return os_gemm(acts, codes, R, C, level_set, acc_bits)
     raise QiftError(f"unknown dataflow {dataflow!r}; use one of {', '.join(DATAFLOWS)}")
+
+
+# ---------------------------------------------------------------- protocol v2: overlapped tiles
+
+
+class WS2Array(_Array):
+    """WS v2 (also the ``stream`` mode): v1's PE plus a shadow weight register ``sreg``.
+
+    The shadow is loaded by a column shift chain (WS: ``w_in[c]`` enters at the top, row r shifts while its
+    ``shreg`` bit is set) or by the per-PE write port (stream: ``wp_in[r][c]`` where ``wp_we[r][c]``). The swap
+    tag ``swreg`` travels right with the tile's first activation; the PE it reaches multiplies with ``sreg`` and
+    copies it into ``wreg``, so the next tile follows the current one with no bubble.
+    """
+
+    def reset(self) -> None:
+        z = np.zeros((self.R, self.C), dtype=np.int64)
+        self.wreg, self.sreg, self.areg, self.preg = z.copy(), z.copy(), z.copy(), z.copy()
+        self.swreg, self.shreg, self.ovreg, self.pvreg = (z.astype(bool) for _ in range(4))
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Output ports during the current cycle (bottom-row registers), as in v1."""
+        return {"p_out": self.preg[-1].copy(), "ovf_out": self.ovreg[-1].copy(), "pv_out": self.pvreg[-1].copy()}
+
+    def step(self, a_in, sw_in, sh_in, w_in, wp_in, wp_we, p_in, ovf_in, pv_in, en: bool = True) -> None:
+        """One clock edge with these port values (none when ``en`` is low)."""
+        if not en:
+            return
+        a_cur = np.hstack([np.asarray(a_in, dtype=np.int64)[:, None], self.areg[:, :-1]])
+        sw_cur = np.hstack([np.asarray(sw_in, dtype=bool)[:, None], self.swreg[:, :-1]])
+        sh_cur = np.hstack([np.asarray(sh_in, dtype=bool)[:, None], self.shreg[:, :-1]])
+        p_cur = np.vstack([np.asarray(p_in, dtype=np.int64)[None, :], self.preg[:-1]])
+        o_cur = np.vstack([np.asarray(ovf_in, dtype=bool)[None, :], self.ovreg[:-1]])
+        v_cur = np.vstack([np.asarray(pv_in, dtype=bool)[None, :], self.pvreg[:-1]])
+        w_use = np.where(sw_cur, self.sreg, self.wreg)
+        self.preg, sat = self._mac(p_cur, w_use, a_cur)
+        self.ovreg, self.pvreg, self.wreg = o_cur | sat, v_cur, w_use
+        s_above = np.vstack([np.asarray(w_in, dtype=np.int64)[None, :], self.sreg[:-1]])
+        s_next = np.where(sh_cur, s_above, self.sreg)
+        self.sreg = np.where(np.asarray(wp_we, dtype=bool), np.asarray(wp_in, dtype=np.int64), s_next)
+        self.areg, self.swreg, self.shreg = a_cur, sw_cur, sh_cur
+
+
+class OS2Array(_Array):
+    """OS v2: v1's PE plus an output chain (``oreg``, ``oovf``, ``ovld``) that drains while the next tile streams.
+
+    The ``last`` tag travels right with a tile's last activation; the PE it reaches writes sat(acc + product)
+    into ``oreg`` and restarts ``acc`` at 0. Row r's output register takes the one above while its ``hreg`` bit
+    (the drain lane, moving right like the activations) is set; ``out[c]`` is the bottom row's.
+    """
+
+    def reset(self) -> None:
+        z = np.zeros((self.R, self.C), dtype=np.int64)
+        self.areg, self.wreg, self.acc, self.oreg = z.copy(), z.copy(), z.copy(), z.copy()
+        self.ovreg, self.lreg, self.hreg, self.oovf, self.ovld = (z.astype(bool) for _ in range(5))
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Output ports during the current cycle (bottom row of the output chain)."""
+        return {"out": self.oreg[-1].copy(), "ovf_out": self.oovf[-1].copy(), "out_valid": self.ovld[-1].copy()}
+
+    def step(self, a_in, last_in, osh_in, w_in, en: bool = True) -> None:
+        """One clock edge with these port values (none when ``en`` is low)."""
+        if not en:
+            return
+        a_cur = np.hstack([np.asarray(a_in, dtype=np.int64)[:, None], self.areg[:, :-1]])
+        l_cur = np.hstack([np.asarray(last_in, dtype=bool)[:, None], self.lreg[:, :-1]])
+        h_cur = np.hstack([np.asarray(osh_in, dtype=bool)[:, None], self.hreg[:, :-1]])
+        w_cur = np.vstack([np.asarray(w_in, dtype=np.int64)[None, :], self.wreg[:-1]])
+        x, sat = self._mac(self.acc, w_cur, a_cur)
+        ov = self.ovreg | sat
+
+        def chain(reg, top, bottom_idle):
+            above = np.vstack([np.full((1, self.C), top, dtype=reg.dtype), reg[:-1]])
+            held = reg.copy()
+            if bottom_idle is not None:
+                held[-1] = bottom_idle
+            return np.where(h_cur, above, held)
+
+        self.oreg = np.where(l_cur, x, chain(self.oreg, 0, None))
+        self.oovf = np.where(l_cur, ov, chain(self.oovf, False, None))
+        self.ovld = l_cur | chain(self.ovld, False, False)
+        self.acc = np.where(l_cur, 0, x)
+        self.ovreg = ov & ~l_cur
+        self.areg, self.wreg, self.lreg, self.hreg = a_cur, w_cur, l_cur, h_cur
+
+
+class _Lanes:
+    """Per-cycle values of one input port, filled tile by tile; two tiles driving one lane in one cycle is an
+    illegal schedule and raises."""
+
+    def __init__(self, shape: tuple, dtype) -> None:
+        self.val = np.zeros(shape, dtype=dtype)
+        self.used = np.zeros(shape, dtype=bool)
+        self.real = np.zeros(shape, dtype=bool)
+
+    def put(self, idx, value, real: bool = False) -> None:
+        if self.used[idx]:
+            raise QiftError(f"v2 schedule drives one lane twice at {idx}: the tiles overlap more than allowed")
+        self.val[idx], self.used[idx], self.real[idx] = value, True, real
+
+
+_WORDS = ("weight_words", "act_words", "psum_in_words", "out_words")
+
+
+def _check_valid(valid: np.ndarray, expect: np.ndarray, t: int, what: str) -> None:
+    if not np.array_equal(valid, expect):
+        raise QiftError(f"v2 {what}: valid outputs at cycle {t} are not where the protocol puts them")
+
+
+def _keep(tr: dict | None, names: tuple, values: tuple) -> None:
+    if tr is not None:
+        for k, v in zip(names, values):
+            tr[k].append(np.array(v))
+
+
+def _finish_trace(tr: dict | None, T: int) -> dict | None:
+    if tr is None:
+        return None
+    out = {k: np.array(v) for k, v in tr.items()}
+    out["en"] = np.ones(T, dtype=bool)
+    return out
+
+
+@dataclass
+class Run:
+    """A GEMM through a v2 stepped array: results, advancing cycles, edge words counted while stepping, trace."""
+
+    acc: np.ndarray
+    ovf: np.ndarray
+    cycles: int
+    words: dict[str, int]
+    starts: list[int]
+    trace: dict | None = None
+
+
+def _prepare(acts, codes, dataflow: str, R: int, C: int, m_tile: int | None):
+    acts, codes = np.asarray(acts, dtype=np.int64), np.asarray(codes, dtype=np.int64)
+    if acts.ndim != 2 or codes.ndim != 2 or acts.shape[1] != codes.shape[1]:
+        raise QiftError(f"want acts [M, K] and codes [N, K], got {acts.shape} and {codes.shape}")
+    (M, K), N = acts.shape, codes.shape[0]
+    mt = check_gemm(dataflow, M, K, N, R, C, m_tile)
+    return acts, codes, M, K, N, mt
+
+
+def _ws_family(acts, codes, R: int, C: int, stream: bool, level_set, acc_bits: int, m_tile, trace: bool,
+               gap_cut: int = 0) -> Run:
+    """WS v2 (shift-chain shadow load, N tiles outer) or stream (per-PE write port, K tiles outer).
+
+    Tile j of m_j rows starts at S_j: S_0 = R (ws) or 1 (stream); S_j = max(S_{j-1} + max(m_{j-1}, load),
+    S_dep + R) with load = R (ws) or 1 (stream) and S_dep the start of the same outputs' previous K tile (its
+    partial sums leave on p_out R cycles after they entered on p_in). ``gap_cut`` starts tiles earlier than
+    that (tests show the registers then break).
+    """
+    df = "stream" if stream else "ws"
+    acts, codes, M, K, N, mt = _prepare(acts, codes, df, R, C, m_tile)
+    arr = WS2Array(R, C, level_set, acc_bits)
+    acc, ovf = np.zeros((M, N), dtype=np.int64), np.zeros((M, N), dtype=bool)
+    if not (M and K and N):
+        return Run(acc, ovf, 0, dict.fromkeys(_WORDS, 0), [])
+    load = 1 if stream else R
+    ks, ns = range(0, K, R), range(0, N, C)
+    tiles, m0 = [], 0
+    for m in chunks(M, mt):
+        order = [(n0, k0) for k0 in ks for n0 in ns] if stream else [(n0, k0) for n0 in ns for k0 in ks]
+        tiles += [(m0, m, n0, k0) for n0, k0 in order]
+        m0 += m
+    starts, last_k = [], {}
+    for j, (m0, m, n0, k0) in enumerate(tiles):
+        s = load if j == 0 else starts[-1] + max(tiles[j - 1][1], load)
+        if k0:
+            s = max(s, last_k[(m0, n0)] + R)
+        s -= gap_cut if j else 0
+        starts.append(s)
+        last_k[(m0, n0)] = s
+    T = starts[-1] + tiles[-1][1] + R + C - 1
+    a, sw, sh = _Lanes((T, R), np.int64), _Lanes((T, R), bool), _Lanes((T, R), bool)
+    w, wp, pv = _Lanes((T, C), np.int64), _Lanes((T, R, C), np.int64), _Lanes((T, C), bool)
+    p_row, p_col, p_k = np.full((T, C), -1), np.full((T, C), -1), np.full((T, C), -1)
+    o_row, o_col, o_k = np.full((T, C), -1), np.full((T, C), -1), np.full((T, C), -1)
+    for (m0, m, n0, k0), s in zip(tiles, starts):
+        ki = k0 // R
+        for r in range(R):
+            for c in range(C):
+                real = k0 + r < K and n0 + c < N
+                code = codes[n0 + c, k0 + r] if real else 0
+                if stream:
+                    wp.put((s + r + c - 1, r, c), code, real)
+                else:
+                    q = R - 1 - r
+                    w.put((s - R + c + q, c), code, real)
+            if not stream:
+                for q in range(r, R):
+                    sh.put((s - R + q, r), True)
+            sw.put((s + r, r), True)
+            for mm in range(m):
+                real = k0 + r < K
+                a.put((s + mm + r, r), acts[m0 + mm, k0 + r] if real else 0, real)
+        for mm in range(m):
+            for c in range(C):
+                pv.put((s + mm + c, c), True, ki > 0 and n0 + c < N)
+                if ki:
+                    p_row[s + mm + c, c], p_col[s + mm + c, c], p_k[s + mm + c, c] = m0 + mm, n0 + c, ki - 1
+                t_out = s + mm + R + c
+                o_row[t_out, c], o_col[t_out, c], o_k[t_out, c] = m0 + mm, n0 + c, ki
+    n_pad = len(ns) * C
+    psum, pflag, pk = np.zeros((M, n_pad), np.int64), np.zeros((M, n_pad), bool), np.full((M, n_pad), -1)
+    words = dict.fromkeys(_WORDS, 0)
+    names = ("a_in", "sw_in", "sh_in", "w_in", "wp_in", "wp_we", "p_in", "ovf_in", "pv_in", "p_out", "ovf_out",
+             "pv_out")
+    tr = {k: [] for k in names} if trace else None
+    for t in range(T):
+        out = arr.outputs()
+        expect = o_row[t] >= 0
+        _check_valid(out["pv_out"], expect, t, "WS")
+        for c in np.flatnonzero(expect):
+            r_, n_ = o_row[t, c], o_col[t, c]
+            psum[r_, n_], pflag[r_, n_], pk[r_, n_] = out["p_out"][c], out["ovf_out"][c], o_k[t, c]
+            words["out_words"] += int(n_ < N)
+        p, o = np.zeros(C, np.int64), np.zeros(C, bool)
+        for c in np.flatnonzero(p_row[t] >= 0):
+            r_, n_ = p_row[t, c], p_col[t, c]
+            if pk[r_, n_] != p_k[t, c]:
+                raise QiftError(f"v2 WS: partial sum ({r_}, {n_}) of K tile {p_k[t, c]} is not back by cycle {t}")
+            p[c], o[c] = psum[r_, n_], pflag[r_, n_]
+        words["weight_words"] += int(w.real[t].sum() + wp.real[t].sum())
+        words["act_words"] += int(a.real[t].sum())
+        words["psum_in_words"] += int(pv.real[t].sum())
+        ports = (a.val[t], sw.val[t], sh.val[t], w.val[t], wp.val[t], wp.used[t], p, o, pv.val[t])
+        _keep(tr, names, ports + (out["p_out"], out["ovf_out"], out["pv_out"]))
+        arr.step(*ports)
+    acc[:], ovf[:] = psum[:, :N], pflag[:, :N]
+    if not (pk == len(ks) - 1).all():
+        raise QiftError("v2 WS: some outputs never completed their last K tile")
+    return Run(acc, ovf, T, words, starts, _finish_trace(tr, T))
+
+
+def _os2(acts, codes, R: int, C: int, level_set, acc_bits: int, trace: bool, gap_cut: int = 0) -> Run:
+    """OS v2: M tiles of R rows outer, N tiles of C columns inner, tile j starting at j * max(K, R).
+
+    ``gap_cut`` starts tiles earlier than that (tests show the registers then break).
+    """
+    acts, codes, M, K, N, _ = _prepare(acts, codes, "os", R, C, None)
+    arr = OS2Array(R, C, level_set, acc_bits)
+    acc, ovf = np.zeros((M, N), dtype=np.int64), np.zeros((M, N), dtype=bool)
+    if not (M and K and N):
+        return Run(acc, ovf, 0, dict.fromkeys(_WORDS, 0), [])
+    tiles = [(m0, n0) for m0 in range(0, M, R) for n0 in range(0, N, C)]
+    starts = [j * (max(K, R) - gap_cut) for j in range(len(tiles))]
+    T = starts[-1] + K + 2 * R + C - 2
+    a, last, osh, w = _Lanes((T, R), np.int64), _Lanes((T, R), bool), _Lanes((T, R), bool), _Lanes((T, C), np.int64)
+    o_row, o_col = np.full((T, C), -1), np.full((T, C), -1)
+    for (m0, n0), s in zip(tiles, starts):
+        for r in range(R):
+            real = m0 + r < M
+            for k in range(K):
+                a.put((s + k + r, r), acts[m0 + r, k] if real else 0, real)
+            last.put((s + K - 1 + r, r), True)
+            for j in range(r):
+                osh.put((s + K - 1 + R + j, r), True)
+        for c in range(C):
+            real = n0 + c < N
+            for k in range(K):
+                w.put((s + k + c, c), codes[n0 + c, k] if real else 0, real)
+            for r in range(R):
+                t_out = s + K - 1 + c + R + (R - 1 - r)
+                o_row[t_out, c], o_col[t_out, c] = m0 + r, n0 + c
+    words = dict.fromkeys(_WORDS, 0)
+    names = ("a_in", "last_in", "osh_in", "w_in", "out", "ovf_out", "out_valid")
+    tr = {k: [] for k in names} if trace else None
+    for t in range(T):
+        out = arr.outputs()
+        expect = o_row[t] >= 0
+        _check_valid(out["out_valid"], expect, t, "OS")
+        for c in np.flatnonzero(expect):
+            r_, n_ = o_row[t, c], o_col[t, c]
+            if r_ < M and n_ < N:
+                acc[r_, n_], ovf[r_, n_] = out["out"][c], out["ovf_out"][c]
+                words["out_words"] += 1
+        words["weight_words"] += int(w.real[t].sum())
+        words["act_words"] += int(a.real[t].sum())
+        ports = (a.val[t], last.val[t], osh.val[t], w.val[t])
+        _keep(tr, names, ports + (out["out"], out["ovf_out"], out["out_valid"]))
+        arr.step(*ports)
+    return Run(acc, ovf, T, words, starts, _finish_trace(tr, T))
+
+
+def gemm_v2(acts, codes, R: int, C: int, dataflow: str = "ws", level_set: str | LevelSet = formats.HW_LEVEL_SET,
+            acc_bits: int = formats.ACC_BITS, m_tile: int | None = None, trace: bool = False) -> Run:
+    """acts [M, K] x codes [N, K] through the v2 stepped array of ``dataflow`` (ws, os or stream; ``m_tile``
+    chunks M for ws and stream). ``trace=True`` keeps every port per advancing cycle for an RTL bench."""
+    if dataflow == "os":
+        return _os2(acts, codes, R, C, level_set, acc_bits, trace)
+    if dataflow in ("ws", "stream"):
+        return _ws_family(acts, codes, R, C, dataflow == "stream", level_set, acc_bits, m_tile, trace)
+    raise QiftError(f"unknown dataflow {dataflow!r}; use one of ws, os, stream")
+
+
+def ws2_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = formats.HW_LEVEL_SET,
+             acc_bits: int = formats.ACC_BITS, m_tile: int | None = None):
+    """WS v2 (double-buffered weights): (acc [M, N], ovf [M, N], cycles)."""
+    r = gemm_v2(acts, codes, R, C, "ws", level_set, acc_bits, m_tile)
+    return r.acc, r.ovf, r.cycles
+
+
+def os2_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = formats.HW_LEVEL_SET,
+             acc_bits: int = formats.ACC_BITS):
+    """OS v2 (drain overlapped with the next tile): (acc [M, N], ovf [M, N], cycles)."""
+    r = gemm_v2(acts, codes, R, C, "os", level_set, acc_bits)
+    return r.acc, r.ovf, r.cycles
+
+
+def stream_gemm(acts, codes, R: int, C: int, level_set: str | LevelSet = formats.HW_LEVEL_SET,
+                acc_bits: int = formats.ACC_BITS, m_tile: int | None = None):
+    """Decode mode ``stream`` (a weight tile per cycle through the wide port): (acc [M, N], ovf [M, N], cycles)."""
+    r = gemm_v2(acts, codes, R, C, "stream", level_set, acc_bits, m_tile)
+    return r.acc, r.ovf, r.cycles
