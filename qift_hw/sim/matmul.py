@@ -1,8 +1,10 @@
 """`matmul`: the bit-accurate W2 x INT4 product every check goes through.
 
-Two exact kernels give the same answer: the bit-plane kernel (fast, used when no partial sum can overflow the
-accumulator) and the PE kernel, which runs the PE datapath MAC by MAC with a saturating ``acc_bits`` accumulator
-in ascending k, exactly as both array dataflows do (docs/array_protocol.md). Overflow never wraps: it saturates and
+Three exact kernels give the same answer. When no partial sum can overflow the accumulator (`formats.cannot_overflow`:
+K * max|product| fits), saturation cannot happen, the result is the exact integer sum in any order, and a fast
+kernel computes it: byte dot products on AVX-512 VNNI (`bytedot`, where the CPU has it) or bit planes (`bitplane`).
+Otherwise the PE kernel runs the PE datapath MAC by MAC with a saturating ``acc_bits`` accumulator in ascending k,
+exactly as both array dataflows do (docs/array_protocol.md). Overflow never wraps: it saturates and
 is reported (a warning, or the mask with ``return_overflow``), or raises with ``overflow="error"``.
 """
 
@@ -16,10 +18,10 @@ from numba import njit, prange
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import LevelSet, get_level_set, unpack_codes
-from qift_hw.sim import bitplane
+from qift_hw.sim import bitplane, bytedot
 from qift_hw.sim.pe import MULT, pe_kind, pe_product_nb
 
-KERNELS = ("auto", "bitplane", "pe")
+KERNELS = ("auto", "bytes", "bitplane", "pe")
 
 
 class SaturationWarning(UserWarning):
@@ -77,6 +79,9 @@ class PreparedWeights:
             self._codes = np.ascontiguousarray(c)
         self.N, self.K = int(c.shape[0]), int(K)
         self._planes: bitplane.WeightPlanes | None = None
+        self._bytes: bytedot.WeightBytes | None = None
+        self._safe: dict[int, bool] = {}
+        self._fast: dict[int, str] = {}
 
     @property
     def codes(self) -> np.ndarray:
@@ -99,12 +104,47 @@ class PreparedWeights:
                 self._planes = bitplane.weight_planes(self._codes, self.level_set)
         return self._planes
 
+    @property
+    def byte_panels(self) -> bytedot.WeightBytes:
+        """Integer weights in byte panels for the byte-dot kernel (built on first use)."""
+        if self._bytes is None:
+            w = formats.weight_int_values(self.level_set)
+            if int(w.min()) < -128 or int(w.max()) > 127:
+                raise QiftError(f"level set {self.level_set.name!r} has weights beyond a signed byte; use kernel='pe'")
+            self._bytes = bytedot.weight_bytes(w.astype(np.int8)[self.codes])
+        return self._bytes
+
+    def cannot_overflow(self, acc_bits: int) -> bool:
+        """`formats.cannot_overflow` for these weights (memoized: it sits on every call's path; it also rejects a
+        bad ``acc_bits``)."""
+        safe = self._safe.get(acc_bits)
+        if safe is None:
+            safe = self._safe[acc_bits] = formats.cannot_overflow(self.K, self.level_set, acc_bits)
+        return safe
+
+    def fast_kernel(self, acc_bits: int) -> str:
+        """The kernel ``kernel="auto"`` runs: "bytes" (AVX-512 VNNI), "bitplane" or "pe" (when an overflow is possible)."""
+        fast = self._fast.get(acc_bits)
+        if fast is None:
+            amax = int(np.abs(formats.weight_int_values(self.level_set)).max())
+            if not self.cannot_overflow(acc_bits):
+                fast = "pe"
+            elif bytedot.VNNI and bytedot.fits(self.K, amax):
+                fast = "bytes"
+            else:
+                fast = "pe" if self.kind == MULT else "bitplane"
+            self._fast[acc_bits] = fast
+        return fast
+
 
 def prepare_weights(codes, level_set: str | LevelSet = formats.HW_LEVEL_SET, packed: bool = False,
                     K: int | None = None) -> PreparedWeights:
     """Validate and lay out a weight matrix once (``matmul`` accepts the result in place of the codes)."""
     pw = PreparedWeights(codes, level_set, packed, K)
-    if pw.kind != MULT:
+    fast = pw.fast_kernel(formats.ACC_BITS)
+    if fast == "bytes":
+        _ = pw.byte_panels
+    elif fast == "bitplane":
         _ = pw.planes
     return pw
 
@@ -122,13 +162,24 @@ def _as_numpy(x, what: str) -> np.ndarray:
     raise QiftError(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
-def check_acts(acts, act_bits: int = formats.ACT_BITS) -> np.ndarray:
-    """Validate INT4 activations: integer 2-D [M, K] within [-8, 7]; returns int8, C-contiguous."""
+def _int8_acts(acts, act_bits: int) -> np.ndarray:
+    """check_acts without the range check: int8, C-contiguous (integer values outside int8 are an error here)."""
     a = _as_numpy(acts, "acts")
     if a.ndim != 2:
         raise QiftError(f"acts must be 2-D [M, K], got shape {a.shape}")
+    if a.dtype == np.int8 and a.flags.c_contiguous:
+        return a
     if not np.issubdtype(a.dtype, np.integer):
         raise QiftError(f"acts must be an integer array (INT4 values in int8), got {a.dtype}")
+    lo, hi = formats.signed_range(act_bits)
+    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+        raise QiftError(f"acts must lie in [{lo}, {hi}] (INT{act_bits}), got [{int(a.min())}, {int(a.max())}]")
+    return np.ascontiguousarray(a, dtype=np.int8)
+
+
+def check_acts(acts, act_bits: int = formats.ACT_BITS) -> np.ndarray:
+    """Validate INT4 activations: integer 2-D [M, K] within [-8, 7]; returns int8, C-contiguous."""
+    a = _int8_acts(acts, act_bits)
     lo, hi = formats.signed_range(act_bits)
     if a.size and (int(a.min()) < lo or int(a.max()) > hi):
         raise QiftError(f"acts must lie in [{lo}, {hi}] (INT{act_bits}), got [{int(a.min())}, {int(a.max())}]")
@@ -145,27 +196,35 @@ def matmul(acts, codes, level_set: str | LevelSet = formats.HW_LEVEL_SET, acc_bi
     ``PreparedWeights``. Accumulation: ``acc_bits`` wide, saturating in ascending k (formats.saturating_dot).
     overflow: "saturate" (clamped values; a SaturationWarning unless ``return_overflow``) or "error" (QiftError).
     return_overflow: also return the bool [M, N] mask of accumulators that saturated.
-    kernel: "auto" (bit planes when no overflow is possible, else the PE kernel), "bitplane" or "pe".
+    kernel: "auto" (when no overflow is possible: "bytes" on CPUs with AVX-512 VNNI, else "bitplane" (2-bit sets)
+    or "pe"; when an overflow is possible: "pe"), "bytes", "bitplane" or "pe".
     """
     if overflow not in formats.OVERFLOW_POLICIES:
         raise QiftError(f"unknown overflow policy {overflow!r}; use one of {', '.join(formats.OVERFLOW_POLICIES)}")
     if kernel not in KERNELS:
         raise QiftError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+    if isinstance(codes, PreparedWeights):
+        pw = codes
+        if level_set != pw.level_set.name and get_level_set(level_set).name != pw.level_set.name:
+            raise QiftError(f"prepared weights are {pw.level_set.name!r} but level_set={get_level_set(level_set).name!r}")
+    else:
+        pw = PreparedWeights(codes, level_set, packed, K)
+    chosen = pw.fast_kernel(acc_bits) if kernel == "auto" else kernel
+    if chosen != "pe" and not pw.cannot_overflow(acc_bits):
+        raise QiftError(f"kernel={kernel!r} needs an accumulator that cannot overflow (K={pw.K} needs "
+                        f"{formats.acc_bits_needed(pw.K, pw.level_set)} bits, got {acc_bits}); use kernel='pe'")
+    if chosen == "bytes":
+        a = _int8_acts(acts, formats.ACT_BITS)
+        if a.shape[1] != pw.K:
+            raise QiftError(f"acts have K={a.shape[1]} columns but the weights have K={pw.K}")
+        out = bytedot.gemm(a, pw.byte_panels)
+        return (out, np.zeros(out.shape, dtype=bool)) if return_overflow else out
     lo, hi = formats.acc_range(acc_bits)
-    ls = get_level_set(level_set)
-    pw = codes if isinstance(codes, PreparedWeights) else PreparedWeights(codes, ls, packed, K)
-    if pw.level_set.name != ls.name:
-        raise QiftError(f"prepared weights are {pw.level_set.name!r} but level_set={ls.name!r}")
     a = check_acts(acts)
     if a.shape[1] != pw.K:
         raise QiftError(f"acts have K={a.shape[1]} columns but the weights have K={pw.K}")
     M, N = a.shape[0], pw.N
-    safe = formats.cannot_overflow(pw.K, pw.level_set, acc_bits)
-    use_bitplane = kernel == "bitplane" or (kernel == "auto" and safe and pw.kind != MULT)
-    if use_bitplane:
-        if not safe:
-            raise QiftError(f"kernel='bitplane' needs an accumulator that cannot overflow (K={pw.K} needs "
-                            f"{formats.acc_bits_needed(pw.K, pw.level_set)} bits, got {acc_bits}); use kernel='pe'")
+    if chosen == "bitplane":
         out = bitplane.gemm(a, pw.planes)
         ovf = np.zeros((M, N), dtype=bool)
     else:
