@@ -411,45 +411,49 @@ def _k_tensor(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(_k_matrix(k), dtype=dtype, device=device)
 
 
-def _walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
-    """Butterfly over dim 1 of a (rows, m, inner) tensor (m a power of two); returns a new contiguous tensor.
+def _walsh_hadamard(t: torch.Tensor) -> torch.Tensor:
+    """S_m over dim 0 of a contiguous (m, cols) tensor that the caller owns (m a power of two); the result may be
+    `t` itself, overwritten.
 
-    Each pass applies H_2 to the top bit of the m index (two long halves, any strides) and stores the result
-    as its lowest bit; after log2(m) passes every bit is done once and back in place. The halves stay long in
-    every pass, unlike the textbook loop whose first passes touch pairs of single elements.
+    Each pass applies H_2 to the top bit of the m index (top + bottom, top - bottom of the two halves) and stores
+    the result as its lowest bit; after log2(m) passes every bit is done once and back in place. With m the
+    outer dimension both halves and both outputs are contiguous blocks of (m / 2) * cols values, and the passes
+    alternate between `t` and one more buffer, so no pass allocates.
     """
-    rows, m, inner = x.shape
+    m, cols = t.shape
     if m == 1:
-        return x.clone(memory_format=torch.contiguous_format)
-    grad = x.requires_grad and torch.is_grad_enabled()
+        return t
+    if t.requires_grad and torch.is_grad_enabled():  # out= has no autograd; stack gives the same values
+        for _ in range(m.bit_length() - 1):
+            top, bottom = t[: m // 2], t[m // 2 :]
+            t = torch.stack((top + bottom, top - bottom), dim=1).view(m, cols)
+        return t
+    src, dst = t, torch.empty_like(t)
     for _ in range(m.bit_length() - 1):
-        top, bottom = x[:, : m // 2], x[:, m // 2 :]
-        if grad:  # out= has no autograd; stack gives the same values
-            x = torch.stack((top + bottom, top - bottom), dim=2).view(rows, m, inner)
-            continue
-        out = torch.empty(rows, m // 2, 2, inner, dtype=x.dtype, device=x.device)
-        torch.add(top, bottom, out=out[:, :, 0])
-        torch.sub(top, bottom, out=out[:, :, 1])
-        x = out.view(rows, m, inner)
-    return x
+        top, bottom = src[: m // 2], src[m // 2 :]
+        pairs = dst.view(m // 2, 2, cols)
+        torch.add(top, bottom, out=pairs[:, 0])
+        torch.sub(top, bottom, out=pairs[:, 1])
+        src, dst = dst, src
+    return src
 
 
 def _mix_k(z: torch.Tensor, hk: torch.Tensor) -> torch.Tensor:
-    """z @ hk.T over the last dim of a contiguous (rows, m, K) tensor.
+    """z @ hk.T over the last dim of a contiguous (a, b, K) tensor.
 
     Integers go through a float64 product when every partial sum stays below 2^53 (then it is exact and uses
     BLAS); otherwise an integer matmul on the CPU, or K signed row sums where there is none (CUDA).
     """
-    rows, m, k = z.shape
+    a, b, k = z.shape
     if z.is_floating_point():
-        return (z.view(rows * m, k) @ hk.T).view(rows, m, k)
+        return (z.view(a * b, k) @ hk.T).view(a, b, k)
     if z.numel() == 0 or max(int(z.max()), -int(z.min())) * k < 2**53:
-        exact = z.view(rows * m, k).to(torch.float64) @ hk.to(torch.float64).T
-        return exact.to(z.dtype).view(rows, m, k)
+        exact = z.view(a * b, k).to(torch.float64) @ hk.to(torch.float64).T
+        return exact.to(z.dtype).view(a, b, k)
     if z.device.type == "cpu":
-        return (z.view(rows * m, k) @ hk.T).view(rows, m, k)
+        return (z.view(a * b, k) @ hk.T).view(a, b, k)
     plus = hk > 0
-    return torch.stack([z[..., plus[a]].sum(-1) - z[..., ~plus[a]].sum(-1) for a in range(k)], dim=-1)
+    return torch.stack([z[..., plus[i]].sum(-1) - z[..., ~plus[i]].sum(-1) for i in range(k)], dim=-1)
 
 
 def hadamard_transform(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -478,16 +482,18 @@ def hadamard_transform(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     except QiftError as err:
         raise QiftError(f"hadamard_transform: last dim of shape {tuple(x.shape)}: {err}") from None
     rows = x.numel() // n
+    # m-major layout (m, rows * k): one blocked 2-D transpose in, butterfly passes over long contiguous halves, the
+    # K mix on (m * rows, k) rows, one transpose out; the same operations on the same values as any layout
+    z = _walsh_hadamard(x.reshape(rows * k, m).t().clone(memory_format=torch.contiguous_format))
     if k == 1:
-        y = _walsh_hadamard(x.reshape(rows, m, 1))
+        y = z.t().contiguous()
         if normalize:
             y.mul_(1.0 / math.sqrt(n))
         return y.view(x.shape)
     hk = _k_tensor(k, x.dtype, x.device)
     if normalize:
         hk = hk * (1.0 / math.sqrt(n))
-    z = _walsh_hadamard(x.reshape(rows, k, m).transpose(1, 2))
-    return _mix_k(z, hk).transpose(1, 2).reshape(x.shape)
+    return _mix_k(z.view(m, rows, k), hk).view(m, rows * k).t().contiguous().view(x.shape)
 
 
 # ---------------------------------------------------------------- random orthogonal rotations

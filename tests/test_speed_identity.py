@@ -1,0 +1,93 @@
+"""Speed rewrites that must compute the same floats as the code they replaced.
+
+Each test compares the rewritten function with (a) an independent formula (a dense float64 product, a plain sum)
+within rounding, and (b) the previous code path, kept here as a reference function, with torch.equal: the rewrite
+claims identical values, not merely close ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qift_hw.core.hadamard import _k_tensor, hadamard_matrix_float, hadamard_transform, split_order
+
+
+def _old_walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
+    """The previous butterfly: over dim 1 of (rows, m, inner), top half + / - bottom half, result as lowest bit."""
+    rows, m, inner = x.shape
+    if m == 1:
+        return x.clone(memory_format=torch.contiguous_format)
+    for _ in range(m.bit_length() - 1):
+        top, bottom = x[:, : m // 2], x[:, m // 2 :]
+        out = torch.empty(rows, m // 2, 2, inner, dtype=x.dtype, device=x.device)
+        torch.add(top, bottom, out=out[:, :, 0])
+        torch.sub(top, bottom, out=out[:, :, 1])
+        x = out.view(rows, m, inner)
+    return x
+
+
+def _old_hadamard_transform(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """The previous hadamard_transform (rows-major layout) for float and small-integer tensors."""
+    n = x.shape[-1]
+    k, m = split_order(n)
+    rows = x.numel() // n
+    if k == 1:
+        y = _old_walsh_hadamard(x.reshape(rows, m, 1))
+        if normalize:
+            y.mul_(1.0 / math.sqrt(n))
+        return y.view(x.shape)
+    hk = _k_tensor(k, x.dtype, x.device)
+    if normalize:
+        hk = hk * (1.0 / math.sqrt(n))
+    z = _old_walsh_hadamard(x.reshape(rows, k, m).transpose(1, 2))
+    if z.is_floating_point():
+        mixed = (z.reshape(rows * m, k) @ hk.T).view(rows, m, k)
+    else:
+        mixed = (z.reshape(rows * m, k).to(torch.float64) @ hk.to(torch.float64).T).to(z.dtype).view(rows, m, k)
+    return mixed.transpose(1, 2).reshape(x.shape)
+
+
+SHAPES = [(1, 64), (3, 1, 64), (5, 1536), (37, 576), (2, 9, 33, 64), (513, 1536), (4096, 1536), (1, 9, 2048, 64),
+          (7, 12), (3, 20), (4, 28), (6, 8), (2, 1), (1, 2), (0, 576)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hadamard_transform_equals_previous_code(shape, dtype):
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    x_before = x.clone()
+    for normalize in (True, False):
+        new = hadamard_transform(x, normalize=normalize)
+        assert torch.equal(new, _old_hadamard_transform(x, normalize=normalize))
+        assert torch.equal(x, x_before), "the input must not be modified"
+        assert new.data_ptr() != x.data_ptr() or x.numel() == 0
+        n = shape[-1]
+        dense = x.double() @ hadamard_matrix_float(n, torch.float64, normalize=normalize).T
+        tol = 1e-4 if dtype == torch.float32 else 1e-11
+        assert torch.allclose(new.double(), dense, rtol=tol, atol=tol * math.sqrt(n) * 3)
+
+
+@pytest.mark.parametrize("shape", [(5, 1536), (4, 64), (3, 12)])
+def test_hadamard_transform_integers_equal_previous_code(shape):
+    x = torch.randint(-30000, 30000, shape, generator=torch.Generator().manual_seed(1), dtype=torch.int64)
+    new = hadamard_transform(x, normalize=False)
+    assert torch.equal(new, _old_hadamard_transform(x, normalize=False))
+    assert torch.equal(new, x @ hadamard_matrix_float(shape[-1], torch.float64).long().T)
+
+
+def test_hadamard_transform_non_contiguous_input():
+    x = torch.randn(64, 40).t()  # (40, 64) transposed view
+    assert torch.equal(hadamard_transform(x), _old_hadamard_transform(x.contiguous()))
+
+
+def test_hadamard_transform_keeps_gradients():
+    x = torch.randn(3, 1536, dtype=torch.float64, requires_grad=True)
+    y = hadamard_transform(x)
+    y.sum().backward()
+    h = hadamard_matrix_float(1536, torch.float64, normalize=True)
+    assert torch.allclose(x.grad, h.sum(0).expand(3, -1), atol=1e-12)
+    assert torch.equal(y.detach(), _old_hadamard_transform(x.detach()))
