@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import get_level_set
-from qift_hw.sim.array import (WS2Array, _os2, _ws_family, array_gemm, gemm_v2, os2_gemm, os_pass_cycles,
+from qift_hw.sim.array import (OS2Array, WS2Array, _os2, _ws_family, array_gemm, gemm_v2, os2_gemm, os_pass_cycles,
                                stream_gemm, ws2_gemm, ws_pass_cycles)
 from qift_hw.sim.dataflow import DATAFLOWS, Compute, gemm_compute
 
@@ -100,39 +100,66 @@ def test_wrappers_and_multiplier_baseline():
         assert np.array_equal(acc, want) and not ovf.any() and cycles > 0
 
 
-@pytest.mark.parametrize("dataflow,M,K", [("ws", 2, 12), ("ws", 3, 9), ("os", 9, 2), ("os", 5, 6),
-                                          ("stream", 1, 12), ("stream", 2, 8)])
-def test_one_cycle_less_than_the_initiation_interval_breaks(dataflow, M, K):
+@pytest.mark.parametrize("dataflow,M,K,N,broken", [
+    ("ws", 2, 12, 5, "drives one lane twice"),  # m < R: the shadow chain (w_in, sh_in) still loading
+    ("ws", 6, 9, 5, "drives one lane twice"),  # m > R: the activation lanes
+    ("os", 9, 2, 5, "wrong"),  # K < R: the output chain overwrites results still draining
+    ("os", 5, 6, 5, "drives one lane twice"),
+    ("stream", 1, 12, 3, "is not back"),  # n_t * m < R: a partial sum needed before it leaves the array
+    ("stream", 2, 8, 5, "drives one lane twice"),
+])
+def test_one_cycle_less_than_the_initiation_interval_breaks(dataflow, M, K, N, broken):
     """Starting tiles one cycle earlier than the schedule allows gives wrong results or an illegal schedule."""
     rng = np.random.default_rng(M * 100 + K)
-    acts, codes = random_gemm(rng, M, K, 5)
+    acts, codes = random_gemm(rng, M, K, N)
     want, _ = ref(acts, codes)
     R, C = 4, 3
-    if dataflow == "os":
-        run = lambda cut: _os2(acts, codes, R, C, "pot_mnz", 32, False, cut)  # noqa: E731
-    else:
-        run = lambda cut: _ws_family(acts, codes, R, C, dataflow == "stream", "pot_mnz", 32, None, False, cut)  # noqa: E731
+
+    def run(cut):
+        if dataflow == "os":
+            return _os2(acts, codes, R, C, "pot_mnz", 32, False, cut)
+        return _ws_family(acts, codes, R, C, dataflow == "stream", "pot_mnz", 32, None, False, cut)
+
     assert np.array_equal(run(0).acc, want)
-    try:
+    if broken == "wrong":
         assert not np.array_equal(run(1).acc, want)
-    except QiftError:
-        pass
+    else:
+        with pytest.raises(QiftError, match=broken):
+            run(1)
 
 
-@pytest.mark.parametrize("dataflow", ["ws", "stream"])
-def test_trace_replays_on_a_fresh_array(dataflow):
-    """What a bench does: drive the trace's inputs cycle by cycle and compare the outputs where valid."""
+REPLAY = {"ws": (("a_in", "sw_in", "sh_in", "w_in", "wp_in", "wp_we", "p_in", "ovf_in", "pv_in"), "pv_out",
+                  ("p_out", "ovf_out")),
+          "os": (("a_in", "last_in", "osh_in", "w_in"), "out_valid", ("out", "ovf_out"))}
+
+
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_trace_replays_on_a_fresh_array_with_stalls(dataflow):
+    """What a bench does: drive the trace's inputs cycle by cycle (with junk stall cycles, en = 0, in between) and
+    compare the outputs: valid bits on every cycle, values where valid; a stall changes no output."""
     rng = np.random.default_rng(9)
-    acts, codes = random_gemm(rng, 3, 7, 5)
-    run = gemm_v2(acts, codes, 3, 2, dataflow, trace=True)
-    tr, arr = run.trace, WS2Array(3, 2)
-    assert len(tr["en"]) == run.cycles and tr["pv_out"].sum() == math.ceil(7 / 3) * 3 * 6
+    R, C, M, K, N = 3, 2, 4, 7, 5
+    acts, codes = random_gemm(rng, M, K, N)
+    run = gemm_v2(acts, codes, R, C, dataflow, m_tile=3, trace=True)
+    tr = run.trace
+    inputs, valid, outs = REPLAY["os" if dataflow == "os" else "ws"]
+    arr = OS2Array(R, C) if dataflow == "os" else WS2Array(R, C)
+    assert len(tr["en"]) == run.cycles and tr[valid][-1].any()
+    stalls = {int(t): int(rng.integers(1, 3)) for t in rng.choice(run.cycles, 5, replace=False)}
     for t in range(run.cycles):
+        for _ in range(stalls.get(t, 0)):
+            before = arr.outputs()
+            arr.step(*(rng.integers(0, 4, tr[k][t].shape).astype(tr[k][t].dtype) for k in inputs), en=False)
+            assert all(np.array_equal(before[k], v) for k, v in arr.outputs().items())
         out = arr.outputs()
-        v = tr["pv_out"][t]
-        assert np.array_equal(out["pv_out"], v) and np.array_equal(out["p_out"][v], tr["p_out"][t][v])
-        arr.step(*(tr[k][t] for k in ("a_in", "sw_in", "sh_in", "w_in", "wp_in", "wp_we", "p_in", "ovf_in",
-                                     "pv_in")))
+        v = tr[valid][t]
+        assert np.array_equal(out[valid], v)
+        assert all(np.array_equal(out[k][v], tr[k][t][v]) for k in outs)
+        arr.step(*(tr[k][t] for k in inputs))
+    if dataflow == "os":
+        assert tr[valid].sum() == math.ceil(M / R) * R * math.ceil(N / C) * C  # every PE's result, padded too
+    else:
+        assert tr[valid].sum() == math.ceil(K / R) * M * math.ceil(N / C) * C  # one per K tile, row and column
 
 
 def test_os_trace_outputs_in_drain_order():
