@@ -24,7 +24,7 @@ from qift_hw.sim import cycle_model, dataflow, scalesim_compat
 from qift_hw.sim.arch import Arch, PRESETS_DIR, load_arch
 from qift_hw.sim.energy import PARTS, Counts, energy_parts, hadamard_adds
 from qift_hw.sim.estimate import pe_areas
-from qift_hw.sim.memory import SCALE_BYTES, Operands, choose_tiling, dma_pipeline, packed_bytes
+from qift_hw.sim.memory import SCALE_BYTES, Operands, choose_tiling, dma_groups, dma_pipeline, packed_bytes
 from qift_hw.sim.workload import DEFAULT_LM_HEAD, Op, Workload, model_workload, weight_bytes
 
 REPO_ROOT = PRESETS_DIR.parents[1]
@@ -133,22 +133,8 @@ def _gemm_row(arch: Arch, op: Op, quantized_inputs: bool) -> dict:
                         max(sram_o_read, sram_o_write) / buf.out.bytes_per_cycle)
     busy = max(comp.cycles, buffer_cycles)
 
-    per_chunk = t.n_n * t.n_k
-    last_rows = M - t.m * (t.n_m - 1)
-    tail = last_rows * min(t.n, N) * arch.out_bytes / bpc
-
-    def chunk(rows: int, chunks: int, first: bool, last: bool) -> tuple[int, float, float]:
-        """A run of ``chunks`` M chunks of ``rows`` rows as (tiles, busy cycles, DMA cycles) per tile."""
-        w = w_dram_once if (first or not t.weights_resident) else 0.0
-        b = w + packed_bytes(K, rows, ab, SCALE_BYTES) * t.act_reads + rows * N * arch.out_bytes + dram_kv_w * rows / M
-        b -= tail * bpc if last else 0.0
-        return per_chunk * chunks, busy * rows / M / per_chunk, b / bpc / per_chunk
-
-    if t.n_m == 1:
-        groups = [chunk(M, 1, True, True)]
-    else:
-        groups = [chunk(t.m, 1, True, False), chunk(t.m, t.n_m - 2, False, False),
-                  chunk(last_rows, 1, False, True)]
+    groups, tail = dma_groups(t, M, K, N, busy / (M * K * N), w_dram_once, packed_bytes(K, 1, ab, SCALE_BYTES),
+                              arch.out_bytes + dram_kv_w / (M * N), bpc)
     total = max(math.ceil(dma_pipeline(groups, tail) - 1e-9), comp.cycles)
     dram_cycles = dram_total / bpc
 

@@ -143,25 +143,113 @@ def choose_tiling(op: Operands, R: int, C: int, buffers, w_total: float, out_byt
     if best is None:
         raise QiftError(f"buffers too small for one tile of a {op.M} x {op.K} x {op.N} GEMM; raise buffers.out.kib "
                         "or buffers.weight.kib")
-    return best
+    return balanced(best, op, R, C)
 
 
-def dma_pipeline(groups: Sequence[tuple[int, float, float]], tail: float = 0.0) -> float:
-    """Cycles from the first DMA to the end of the last tile (plus ``tail``) of a tile sequence under
-    double-buffered DMA. ``groups``: runs of ``(count, compute cycles, DMA cycles)`` of identical tiles.
+def _even(total: int, parts: int, step: int) -> int:
+    """Chunk size that splits ``total`` into ``parts`` chunks as evenly as multiples of ``step`` allow."""
+    return total if parts == 1 else min(total, math.ceil(math.ceil(total / parts) / step) * step)
 
-    Per tile i: dma_start = max(dma_end[i-1], compute_end[i-2]); compute_start = max(compute_end[i-1],
-    dma_end[i]). Within a run the recurrence settles after at most three tiles into steps of max(compute, DMA)
-    (both then advance by that much per tile), so each run costs three exact steps and one multiplication.
-    """
-    a = e1 = e2 = 0.0
-    for count, c, d in groups:
-        if count <= 0:
-            continue
+
+def balanced(t: Tiling, op: Operands, R: int, C: int) -> Tiling:
+    """The same tile counts with chunks as even as possible (never larger than chosen): the DMA model takes the
+    tiles of one M chunk as alike, and even chunks also waste fewer array passes."""
+    return Tiling(_even(op.M, t.n_m, 1), _even(op.N, t.n_n, C), _even(op.K, t.n_k, R), t.n_m, t.n_n, t.n_k,
+                  t.weights_resident, t.acts_resident)
+
+
+Run = tuple  # (count, compute cycles, DMA cycles) of identical tiles, or (repeat, [runs...]) of a repeated pattern
+EXACT_PERIODS = 8
+"""Most periods of a repeated pattern stepped before extrapolating (the pattern settles well before)."""
+
+
+def _advance(state: tuple[float, float, float], item: Run) -> tuple[float, float, float]:
+    a, e1, e2 = state
+    count, body = item[0], item[1:]
+    if count <= 0:
+        return state
+    if len(body) == 2 and not isinstance(body[0], (list, tuple)):
+        c, d = body
         exact = min(count, 3)
         for _ in range(exact):
             a = max(a, e2) + d
             e1, e2 = max(e1, a) + c, e1
         rest = (count - exact) * max(c, d)
-        a, e1, e2 = a + rest, e1 + rest, e2 + rest
-    return e1 + tail
+        return a + rest, e1 + rest, e2 + rest
+    pattern, last_delta, done = body[0], None, 0
+    while done < count:
+        before = (a, e1, e2)
+        for sub in pattern:
+            a, e1, e2 = _advance((a, e1, e2), sub)
+        done += 1
+        delta = (a - before[0], e1 - before[1], e2 - before[2])
+        if delta == last_delta or done >= EXACT_PERIODS:
+            rest = count - done
+            return a + rest * delta[0], e1 + rest * delta[1], e2 + rest * delta[2]
+        last_delta = delta
+    return a, e1, e2
+
+
+def dma_pipeline(groups: Sequence[Run], tail: float = 0.0) -> float:
+    """Cycles from the first DMA to the end of the last tile (plus ``tail``) of a tile sequence under
+    double-buffered DMA. ``groups``: runs ``(count, compute cycles, DMA cycles)`` of identical tiles, or repeated
+    patterns ``(repeat, [runs or patterns])``.
+
+    Per tile i: dma_start = max(dma_end[i-1], compute_end[i-2]); compute_start = max(compute_end[i-1],
+    dma_end[i]). Within a run the recurrence settles after at most three tiles into steps of max(compute, DMA)
+    (both then advance by that much per tile), so a run costs three exact steps and one multiplication; a repeated
+    pattern is stepped until one period advances the state as much as the period before, then multiplied.
+    """
+    state = (0.0, 0.0, 0.0)
+    for item in groups:
+        state = _advance(state, item)
+    return state[1] + tail
+
+
+def _sizes(total: int, size: int, parts: int) -> list[tuple[int, int]]:
+    """(count, size) runs of the chunks of ``total`` in ``parts`` chunks of ``size`` (the last one the rest)."""
+    last = total - size * (parts - 1)
+    return [(parts - 1, size), (1, last)] if parts > 1 else [(1, total)]
+
+
+def dma_groups(t: Tiling, M: int, K: int, N: int, cycles_per_mac: float, w_bytes: float, act_row_bytes: float,
+               out_elem_bytes: float, bpc: float) -> tuple[list, float]:
+    """The tile sequence of one GEMM for `dma_pipeline` (loop order M chunks > N blocks > K chunks) and the tail
+    (the last block's output write), in cycles.
+
+    A tile of ``rows x kk x cols`` computes for ``cycles_per_mac * rows * kk * cols`` cycles and brings its slice
+    of the weights (``w_bytes * kk * cols / (K * N)``, on every M chunk unless they stay on chip) and of the
+    activations (``act_row_bytes * rows * kk / K``, on the first N block of a chunk only when they stay on chip);
+    the first tile of a block also writes the previous block's outputs (``out_elem_bytes`` each).
+    """
+    def block(rows: int, cols: int, weights: bool, acts: bool, before: float) -> list:
+        runs = []
+        for i, (n, kk) in enumerate(_sizes(K, t.k, t.n_k)):
+            d = (w_bytes * kk * cols / (K * N) if weights else 0.0) + (act_row_bytes * rows * kk / K if acts else 0.0)
+            c = cycles_per_mac * rows * kk * cols
+            if i == 0 and n > 0:
+                runs += [(1, c, (d + before) / bpc), (n - 1, c, d / bpc)]
+            else:
+                runs.append((n, c, d / bpc))
+        return runs
+
+    def chunk(rows: int, first: bool, before: float) -> list:
+        weights = first or not t.weights_resident
+        out = []
+        for i, (n, cols) in enumerate(_sizes(N, t.n, t.n_n)):
+            if i == 0 and n > 0:
+                out += [(1, block(rows, cols, weights, True, before))]
+                n -= 1
+            out.append((n, block(rows, cols, weights, not t.acts_resident, rows * t.n * out_elem_bytes)))
+        return out
+
+    n_last = N - t.n * (t.n_n - 1)
+    blocks = _sizes(M, t.m, t.n_m)
+    groups = chunk(blocks[0][1] if t.n_m > 1 else M, True, 0.0)
+    if t.n_m > 1:
+        m_last = blocks[1][1]
+        groups += [(t.n_m - 2, chunk(t.m, False, t.m * n_last * out_elem_bytes))]
+        groups += chunk(m_last, False, t.m * n_last * out_elem_bytes)
+    else:
+        m_last = M
+    return groups, m_last * n_last * out_elem_bytes / bpc
