@@ -130,12 +130,13 @@ def _fold_shapes(X: int, S: int) -> list[tuple[int, int]]:
     return [(s, c) for s, c in ((S, full), (edge, 1 if edge else 0)) if c]
 
 
+SHAPE_KEYS = ("dataflow", "M", "K", "N", "R", "C")
 SUMS = ("demand_rows", "folds", "ifmap_reads", "filter_reads", "ofmap_writes", "mapping_eff_sum", "compute_util_sum")
 
 
 def counts(case: dict, work: Path) -> dict:
     """SCALE-Sim's counts for one case (see the module docstring for the two modes)."""
-    df, M, K, N, R, C = (case[k] for k in ("dataflow", "M", "K", "N", "R", "C"))
+    df, M, K, N, R, C = (case[k] for k in SHAPE_KEYS)
     if case.get("mode", "layer") == "layer":
         return {**case, **_layer_counts(df, M, K, N, R, C, work)}
     total = dict.fromkeys(SUMS, 0)

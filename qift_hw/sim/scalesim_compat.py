@@ -33,22 +33,10 @@ import math
 from dataclasses import dataclass
 
 from qift_hw.core.errors import QiftError
+from qift_hw.sim.dataflow import ZERO, Compute, check_gemm
 
 DATAFLOWS = ("ws", "os")
 SCALESIM_VERSION = "3.0.0"
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Same fields as `qift_hw.sim.dataflow.Compute` (the v2 closed forms)."""
-
-    cycles: int
-    tiles: int
-    ii: int
-    weight_words: int
-    act_words: int
-    psum_in_words: int
-    out_words: int
 
 
 @dataclass(frozen=True)
@@ -63,9 +51,7 @@ class Utilisation:
 def _check(dataflow: str, M: int, K: int, N: int, R: int, C: int) -> None:
     if dataflow not in DATAFLOWS:
         raise QiftError(f"SCALE-Sim timing has dataflows {', '.join(DATAFLOWS)}, got {dataflow!r}")
-    for name, v in (("M", M), ("K", K), ("N", N), ("rows", R), ("cols", C)):
-        if int(v) != v or v < 1:
-            raise QiftError(f"SCALE-Sim timing needs a positive integer {name}, got {v!r}")
+    check_gemm(dataflow, M, K, N, R, C, None)
 
 
 def fold_rows(dataflow: str, M: int, K: int, R: int, C: int) -> int:
@@ -82,9 +68,12 @@ def scalesim_compute(dataflow: str, M: int, K: int, N: int, R: int, C: int) -> C
     """SCALE-Sim 3.0.0's stall-free "Total Cycles" (folds * fold_rows - 1) and SRAM words of an M x K by K x N GEMM.
 
     weight_words = FILTER SRAM reads, act_words = IFMAP SRAM reads, out_words = OFMAP SRAM writes; SCALE-Sim
-    counts no partial-sum reads (psum_in_words = 0).
+    counts no partial-sum reads (psum_in_words = 0). A zero dimension gives all zeros, as `gemm_compute` does
+    (SCALE-Sim itself cannot run one).
     """
     _check(dataflow, M, K, N, R, C)
+    if not (M and K and N):
+        return ZERO
     tiles, ii = folds(dataflow, M, K, N, R, C), fold_rows(dataflow, M, K, R, C)
     n_folds = math.ceil(N / C)
     if dataflow == "ws":
@@ -103,6 +92,8 @@ def scalesim_utilisation(dataflow: str, M: int, K: int, N: int, R: int, C: int, 
     2R+C+M-2, cols C) or output (OS: rows K-1+R, cols C) demand.
     """
     c = scalesim_compute(dataflow, M, K, N, R, C)
+    if not c.tiles:
+        return Utilisation(0.0, 0.0, 0.0)
     macs, pes = M * N * K, R * C
     used = K * N if dataflow == "ws" else M * N
     span = 2 * R + 2 * C + M - 3 if dataflow == "ws" else K + R + C - 2
