@@ -108,17 +108,19 @@ class Quantizer(_Strict):
 
 
 class EnergyTable(_Strict):
-    """Energy per action in pJ. Defaults: 45 nm figures (Horowitz, ISSCC 2014) as docs/accelerator.md derives."""
+    """Energy per action in pJ. Defaults: 45 nm figures (Horowitz, ISSCC 2014) and, for the PEs, the int8 MAC
+    scaled by the synthesized PE cell counts; docs/energy.md derives every number."""
 
-    source: str = "Horowitz ISSCC 2014 (45 nm); PE ratios from the project's synthesis"
+    source: str = "Horowitz ISSCC 2014 (45 nm); PE ratios from the project's synthesis (docs/energy.md)"
     mac_pj: dict[str, float] = Field(default_factory=lambda: {
-        "pot_mnz": 0.11, "mnz": 0.115, "std": 0.11, "pm12": 0.11, "int4": 0.15, "int8": 0.30})
+        "pot_mnz": 0.139, "mnz": 0.143, "std": 0.142, "pm12": 0.143, "int4": 0.168, "int8": 0.30})
     reg_pj_per_bit: float = Field(0.004, ge=0, description="one flip-flop write per bit (array pipeline registers)")
-    sram_pj_per_bit: float = Field(10.0 / 64, ge=0, description="read or write per bit of an sram_ref_kib SRAM")
+    sram_pj_per_bit: float = Field(10.0 / 64, ge=0, description="read or write per bit of an sram_ref_kib SRAM bank")
     sram_ref_kib: float = Field(8.0, gt=0)
-    sram_size_exponent: float = Field(0.5, ge=0, le=1, description="energy/bit grows as (kib/ref)^exponent")
-    had_add_pj: float = Field(0.05, ge=0, description="one butterfly add/subtract (16-24 bit)")
-    quant_pj_per_elem: float = Field(0.3, ge=0, description="INT4 quantizer: max, scale multiply, round per element")
+    sram_size_exponent: float = Field(0.5, ge=0, le=1, description="energy/bit grows as (bank kib/ref)^exponent")
+    had_add_pj: float = Field(0.065, ge=0, description="one butterfly or K-stage add/subtract (about 20 bits)")
+    quant_pj_per_elem: float = Field(0.75, ge=0, description="INT4 quantizer per element: max|y| and eight "
+                                     "threshold compares of about 25 bits")
 
     @field_validator("mac_pj")
     @classmethod
