@@ -16,7 +16,7 @@ ws and os, 8-bit words (SCALE-Sim's fixed one-byte word), one row with:
 SCALE-Sim results are cached per case under .cache/scalesim/ (rerun: seconds). Files are written only with --out.
 
     sw/scalesim_env.sh
-    .venv/bin/python sw/scalesim_compare.py [--out docs/results/scalesim_compare] [--full-max-cycles 12000]
+    .venv/bin/python sw/scalesim_compare.py [--out docs/results/scalesim_compare] [--full-max-cycles 30000] [--markdown]
     .venv/bin/python sw/scalesim_compare.py --reference tests/data/scalesim_reference.json
 """
 
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import scalesim_probe as probe
@@ -187,6 +188,44 @@ def compare(models: list[str], ms: list[int], arrays: list[tuple[int, int]], dat
     return rows
 
 
+def _layer_totals(rows: list[dict]) -> list[dict]:
+    """Cycles of one decoder layer (its seven linears, shared shapes counted once per name) per configuration."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        n = len([x for x in r["layer"].split("/") if x != "lm_head"])
+        if not n:
+            continue
+        t = out.setdefault((r["model"], r["M"], r["array"], r["dataflow"]), dict.fromkeys(
+            ("v1_cycles", "v2_cycles", "scalesim_cycles", "compat_cycles", "macs", "exact"), 0))
+        for k in ("v1_cycles", "v2_cycles", "scalesim_cycles", "compat_cycles", "macs"):
+            t[k] += n * r[k]
+        t["exact"] += n * r["compat_match"]
+    return [{"model": m, "M": M, "array": a, "dataflow": df, **t} for (m, M, a, df), t in out.items()]
+
+
+def markdown(rows: list[dict]) -> str:
+    """The two tables of docs/scalesim.md: one decoder layer per configuration, and the full SCALE-Sim runs."""
+    lines = ["| model | M | array | df | v1 | v2 | SCALE-Sim | compat | exact | v1 / SCALE-Sim | v2 / SCALE-Sim |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in _layer_totals(rows):
+        lines.append(f"| {t['model']} | {t['M']} | {t['array']} | {t['dataflow']} | {t['v1_cycles']:,} | "
+                     f"{t['v2_cycles']:,} | {t['scalesim_cycles']:,} | {t['compat_cycles']:,} | {t['exact']}/7 | "
+                     f"{t['v1_cycles'] / t['scalesim_cycles']:.3f} | {t['v2_cycles'] / t['scalesim_cycles']:.3f} |")
+    lines += ["", "| layer | M | K | N | array | df | Total Cycles | stalls | compute (= compat) | util % | "
+              "SRAM rd ifmap / filter | SRAM wr ofmap | DRAM rd ifmap / filter | DRAM wr ofmap |",
+              "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "full_total_cycles" in r:
+            lines.append(
+                f"| {r['model']} {r['layer']} | {r['M']} | {r['K']} | {r['N']} | {r['array']} | {r['dataflow']} | "
+                f"{r['full_total_cycles']:,} | {r['full_stall_cycles']:,} | "
+                f"{r['full_total_cycles'] - r['full_stall_cycles']:,}{'' if r['full_compute_match'] else ' (differs)'} | "
+                f"{r['full_overall_util']:.2f} | {r['full_ifmap_sram_reads']:,} / {r['full_filter_sram_reads']:,} | "
+                f"{r['full_ofmap_sram_writes']:,} | {r['full_ifmap_dram_reads']:,} / {r['full_filter_dram_reads']:,} | "
+                f"{r['full_ofmap_dram_writes']:,} |")
+    return "\n".join(lines) + "\n"
+
+
 def reference(venv: Path, bandwidth: int = 1000, sram_kb: int = 4096) -> dict:
     """SCALE-Sim's own COMPUTE and DETAILED_ACCESS figures on the small REFERENCE_CASES (tests/data)."""
     cases = [dict(zip(probe.SHAPE_KEYS, c)) for c in REFERENCE_CASES]
@@ -205,11 +244,12 @@ def main() -> None:
     ap.add_argument("--arrays", default="8x8,32x32,128x128")
     ap.add_argument("--dataflows", default="ws,os")
     ap.add_argument("--venv", type=Path, default=VENV)
-    ap.add_argument("--full-max-cycles", type=int, default=12000,
+    ap.add_argument("--full-max-cycles", type=int, default=30000,
                     help="run the whole SCALE-Sim tool on rows with at most this many compute cycles (0: none)")
     ap.add_argument("--sram-kb", type=int, default=64, help="SCALE-Sim SRAM sizes for full runs (scale.cfg: 64)")
     ap.add_argument("--bandwidth", type=int, default=10, help="DRAM words/cycle for full runs (scale.cfg: 10)")
     ap.add_argument("--out", type=Path, help="write OUT.csv and OUT.json (with provenance)")
+    ap.add_argument("--markdown", action="store_true", help="print the tables of docs/scalesim.md")
     ap.add_argument("--reference", type=Path, help="write SCALE-Sim's figures on the small test cases here, then stop")
     a = ap.parse_args()
     if a.reference:
@@ -224,6 +264,8 @@ def main() -> None:
     n_full = sum("full_total_cycles" in r for r in rows)
     print(f"{len(rows)} rows: scalesim_compute == SCALE-Sim on {matched}; full SCALE-Sim runs on {n_full} rows; "
           f"{time.perf_counter() - t0:.1f} s, load {load0:.1f}")
+    if a.markdown:
+        print(markdown(rows))
     if a.out:
         columns = list(dict.fromkeys(k for r in rows for k in r))
         write_csv(a.out.with_suffix(".csv"), rows, columns)
@@ -231,7 +273,8 @@ def main() -> None:
             "provenance": provenance(), "scalesim": SCALESIM_VERSION, "full_runs": {
                 "config": "configs/scale.cfg with the array and dataflow set", "sram_kb": a.sram_kb,
                 "bandwidth_words_per_cycle": a.bandwidth, "max_compute_cycles": a.full_max_cycles},
-            "rows_matched": matched, "rows": rows})
+            "rows_matched": matched, "rows_full_runs": n_full,
+            "scalesim_source_counts": dict(Counter(r["scalesim_source"] for r in rows)), "rows": rows})
         print(f"wrote {a.out.with_suffix('.csv')} and .json")
 
 
