@@ -136,6 +136,24 @@ def summarize(rows: list[dict], np) -> dict:
     return out
 
 
+def markdown(run: dict) -> str:
+    """The run as the table docs/sim.md quotes: ratio median [min, max] per shape and M, with the load average."""
+    Ms = sorted({r["M"] for r in run["rows"]})
+    head = "| model | layer | K x N | " + " | ".join(f"M = {M}" for M in Ms) + " |"
+    lines = [f"threads {run['threads']}, load average {run['loadavg_before']} before, {run['loadavg_after']} after; "
+             "torch f32 time / sim time, median [min, max] over the rounds", "", head,
+             "|---|---|---|" + "---:|" * len(Ms)]
+    for model, layer, K, N in dict.fromkeys((r["model"], r["layer"], r["K"], r["N"]) for r in run["rows"]):
+        cells = []
+        for M in Ms:
+            r = next(x for x in run["rows"] if (x["model"], x["layer"], x["M"]) == (model, layer, M))["ratio"]
+            cells.append(f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]")
+        lines.append(f"| {model} | {layer} | {K} x {N} | " + " | ".join(cells) + " |")
+    geo = [f"{run['summary'][f'M={M}']['geomean_median_ratio']:.2f}" for M in Ms]
+    lines.append("| geometric mean of the medians | | | " + " | ".join(geo) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,2; --quick: 1)")
@@ -186,6 +204,7 @@ def main() -> None:
         print(f"   load average after {after}", flush=True)
         runs.append({"threads": t, "pinned": pinned, "loadavg_before": before, "loadavg_after": after,
                      "rows": rows, "summary": summary})
+        print(markdown(runs[-1]), flush=True)
     try:
         layer = numba.threading_layer()
     except ValueError:
