@@ -128,8 +128,6 @@ def choose_tiling(op: Operands, R: int, C: int, buffers, w_total: float, out_byt
         if n_cap < n0:
             break
         for n in _pow2_upto(min(op.N, max(n0, n_cap // C * C)), C):
-            if n > n_cap and n != n0:
-                continue
             k = _max_k(op, m, n, w_tile, a_tile, R)
             if k < k0:
                 continue
