@@ -156,3 +156,24 @@ def test_closed_form_equals_running_scalesim(shape):
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"SCALE-Sim failed: {exc.stderr[-2000:]}")
     _check_against_tool(case)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["ws", "os"]), st.integers(1, 600), st.integers(1, 600), st.integers(1, 600),
+       st.sampled_from([1, 4, 8, 32, 128]), st.sampled_from([1, 4, 8, 32, 128]))
+def test_documented_differences_from_v1_and_v2(dataflow, M, K, N, R, C):
+    """The identities docs/scalesim.md names for every difference between the default models and SCALE-Sim."""
+    from qift_hw.sim.cycle_model import os_gemm_cycles, ws_gemm_cycles
+    from qift_hw.sim.dataflow import gemm_compute
+
+    ss, v2 = scalesim_compute(dataflow, M, K, N, R, C), gemm_compute(dataflow, M, K, N, R, C)
+    T = ss.tiles
+    assert v2.tiles == T and (v2.act_words, v2.weight_words) == (ss.act_words, ss.weight_words)
+    if dataflow == "ws":
+        assert ws_gemm_cycles(M, K, N, R, C) - ss.cycles == T + 1
+        assert ss.cycles - v2.cycles == (T - 1) * (ss.ii - max(M, R)) - 2
+        assert (v2.out_words, v2.psum_in_words) == (ss.out_words, (math.ceil(K / R) - 1) * M * N)
+    else:
+        assert os_gemm_cycles(M, K, N, R, C) - ss.cycles == T * R + 1
+        assert ss.cycles - v2.cycles == (T - 1) * (ss.ii - max(K, R)) - (R + 1)
+        assert ss.out_words - v2.out_words == T * (R + C)
