@@ -286,3 +286,54 @@ perplexity: {ppl_file}
     again, res2, _ = explore.run_explore(g, client=client, progress=False)
     assert res2.cached == 8 and again["tokens_per_s"].tolist() == df["tokens_per_s"].tolist()
     assert not math.isnan(df["energy_per_token_uj"].iloc[0])
+
+
+def test_existing_scheduler_by_address(tmp_path, client):
+    res = grid.run_grid(counted, [{"x": 1}, {"x": 2}], cache_dir=tmp_path, code="v1", progress=False,
+                        scheduler=client.scheduler.address)
+    assert res.computed == 2 and [r.rows for r in res.results] == [expected_rows(1), expected_rows(2)]
+
+
+# --- the command line (real entry point, in this process; workers of the in-process cluster by address) -------
+
+def qift(monkeypatch, capsys, *args):
+    import sys
+
+    from qift_hw.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["qift-hw", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out = capsys.readouterr()
+    return exc.value.code, out.err
+
+
+def test_cli_sweep_rerun_and_failing_point(tmp_path, client, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, """
+buffers.weight.kib: [256, 0.25]
+levels: pot_mnz
+model: smollm2
+phase: [prefill, decode]
+seqlen: 64
+perplexity: null
+""")
+    args = ("explore", "g.yaml", "--out", "out", "--scheduler", client.scheduler.address, "--no-progress")
+    code, err = qift(monkeypatch, capsys, *args)
+    assert code == 1, err
+    failed = [line for line in err.splitlines() if line.startswith("failed ")]
+    assert len(failed) == 2 and all("buffers.weight.kib=0.25" in f and "too small" in f for f in failed)
+    record = json.loads((tmp_path / "out" / "explore.json").read_text())
+    assert record["rows"] == 2 and len(record["failures"]) == 2 and record["run"]["failed"] == 2
+    assert record["provenance"]["command"].startswith("qift-hw explore g.yaml")
+    assert (tmp_path / "runs" / "cache" / "explore").is_dir()  # the default cache, under the current folder
+    code, err = qift(monkeypatch, capsys, *args)
+    assert code == 1 and "2 cached, 2 run (2 failed)" in err  # failures are not cached: they run again
+
+
+def test_cli_bad_grid_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "array.rows: [16]\nbatchsize: 4\n")
+    code, err = qift(monkeypatch, capsys, "explore", "g.yaml", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "unknown field 'batchsize'" in err
+    assert not (tmp_path / "runs").exists()

@@ -34,7 +34,7 @@ def explore_cmd(
     grid = load_grid(grid_file)
     folder = run_folder(out, "explore", grid=grid_file.stem)
     check_out_folder(folder, FILES)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     cache = None if no_cache else find_cache(grid)
     try:
         df, run, ppl_meta = run_explore(grid, cache=not no_cache, scheduler=scheduler, workers=workers,
