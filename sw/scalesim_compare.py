@@ -8,7 +8,10 @@ ws and os, 8-bit words (SCALE-Sim's fixed one-byte word), one row with:
   (`scalesim_source` = layer), else one run per distinct fold shape summed over the folds (= folds);
 - `qift_hw.sim.scalesim_compat.scalesim_compute` (asserted equal to SCALE-Sim on every row);
 - the v1 closed forms (`qift_hw.sim.cycle_model`, whole M, no SRAM chunking) and the v2 closed forms
-  (`qift_hw.sim.dataflow.gemm_compute`) where that module exists;
+  (`qift_hw.sim.dataflow.gemm_compute`), both with M in one chunk;
+- the project's whole-GEMM model (`qift_hw.sim.accelerator` on the `scalesim8` preset with the array, dataflow,
+  SRAM sizes and bandwidth set; INT8 weights, one-byte outputs), with the default v2 timing and with
+  `timing: scalesim`: total and stall cycles, utilisation, SRAM and DRAM bytes;
 - the full SCALE-Sim tool (`python -m scalesim.scale ... -i gemm`, memory simulation, scale.cfg memories) on the
   rows whose compute cycles are at most --full-max-cycles: Total Cycles, stall cycles, overall utilisation,
   SRAM and DRAM words (= bytes). Other rows leave those columns empty.
@@ -39,9 +42,12 @@ import scalesim_probe as probe
 from qift_hw.core.io import write_json
 from qift_hw.core.provenance import provenance, write_csv
 from qift_hw.core.shapes import load_model_shape
+from qift_hw.sim.accelerator import simulate
+from qift_hw.sim.arch import load_arch
 from qift_hw.sim.cycle_model import os_gemm_cycles, ws_gemm_cycles
 from qift_hw.sim.dataflow import gemm_compute
 from qift_hw.sim.scalesim_compat import SCALESIM_VERSION, scalesim_compute, scalesim_utilisation
+from qift_hw.sim.workload import Op, Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-scalesim"
@@ -142,6 +148,24 @@ def probe_mode(df: str, M: int, K: int, N: int, R: int, C: int) -> str:
     return "layer" if small else "folds"
 
 
+def engine(df: str, M: int, K: int, N: int, R: int, C: int, timing: str, sram_kb: int, bandwidth: int) -> dict:
+    """The project's whole-GEMM model (`qift_hw.sim.accelerator`) on the SCALE-Sim-like preset `scalesim8`: INT8
+    weights and activations, one-byte outputs, SCALE-Sim's SRAM sizes and DRAM words/cycle (1 GHz: GB/s = bytes
+    per cycle), buffer ports wide enough to feed the array (SCALE-Sim has no SRAM port limit)."""
+    over = {"array.rows": R, "array.cols": C, "dataflow": df, "decode_dataflow": df, "timing": timing,
+            "out_bytes": 1, "dram.gbps": bandwidth}
+    for b in ("weight", "act", "out"):
+        over |= {f"buffers.{b}.kib": sram_kb, f"buffers.{b}.banks": max(R, C)}
+    row = simulate(load_arch("scalesim8", over),
+                   Workload("gemm", "gemm", "int8", M, (Op("gemm", "linear", M, K, N, 1, "int8"),)))["layers"][0]
+    return {"total_cycles": row["total_cycles"], "stall_cycles": row["stall_cycles"],
+            "util_pct": round(row["overall_util_pct"], 4),
+            "sram_read_bytes": row["sram_act_read_bytes"] + row["sram_weight_read_bytes"] + row["sram_out_read_bytes"],
+            "sram_write_bytes": row["sram_out_write_bytes"],
+            "dram_read_bytes": row["dram_act_read_bytes"] + row["dram_weight_read_bytes"],
+            "dram_write_bytes": row["dram_out_write_bytes"]}
+
+
 def v1_cycles(df: str, M: int, K: int, N: int, R: int, C: int) -> int:
     return ws_gemm_cycles(M, K, N, R, C) if df == "ws" else os_gemm_cycles(M, K, N, R, C)
 
@@ -180,9 +204,12 @@ def compare(models: list[str], ms: list[int], arrays: list[tuple[int, int]], dat
                 "ofmap_sram_writes": sim["ofmap_writes"],
                 "v2_util_pct": round(100 * M * K * N / (v2.cycles * R * C), 4), "v2_act_words": v2.act_words,
                 "v2_weight_words": v2.weight_words, "v2_out_words": v2.out_words, "v2_psum_in_words": v2.psum_in_words}
+        row |= {f"engine_{k}": v for k, v in engine(df, M, K, N, R, C, "v2", sram_kb, bandwidth).items()}
+        ss_t = engine(df, M, K, N, R, C, "scalesim", sram_kb, bandwidth)
+        row |= {"engine_ss_total_cycles": ss_t["total_cycles"], "engine_ss_stall_cycles": ss_t["stall_cycles"]}
         full = full_by.get((df, M, K, N, R, C))
         if full:
-            row |= {k: full[k] for k in REPORT_FIELDS} | {"full_wall_s": full["wall_s"]}
+            row |= {k: full[k] for k in REPORT_FIELDS}
             row["full_compute_match"] = full["full_total_cycles"] - full["full_stall_cycles"] == c.cycles
         rows.append(row)
     return rows
@@ -211,18 +238,19 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {t['model']} | {t['M']} | {t['array']} | {t['dataflow']} | {t['v1_cycles']:,} | "
                      f"{t['v2_cycles']:,} | {t['scalesim_cycles']:,} | {t['compat_cycles']:,} | {t['exact']}/7 | "
                      f"{t['v1_cycles'] / t['scalesim_cycles']:.3f} | {t['v2_cycles'] / t['scalesim_cycles']:.3f} |")
-    lines += ["", "| layer | M | K | N | array | df | Total Cycles | stalls | compute (= compat) | util % | "
-              "SRAM rd ifmap / filter | SRAM wr ofmap | DRAM rd ifmap / filter | DRAM wr ofmap |",
-              "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| layer | M | K \u00d7 N | array | df | SCALE-Sim total / stall | engine v2 total / stall | "
+              "engine (scalesim timing) total / stall | SCALE-Sim DRAM rd / wr | engine DRAM rd / wr | "
+              "SCALE-Sim / engine util % |", "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "full_total_cycles" in r:
             lines.append(
-                f"| {r['model']} {r['layer']} | {r['M']} | {r['K']} | {r['N']} | {r['array']} | {r['dataflow']} | "
-                f"{r['full_total_cycles']:,} | {r['full_stall_cycles']:,} | "
-                f"{r['full_total_cycles'] - r['full_stall_cycles']:,}{'' if r['full_compute_match'] else ' (differs)'} | "
-                f"{r['full_overall_util']:.2f} | {r['full_ifmap_sram_reads']:,} / {r['full_filter_sram_reads']:,} | "
-                f"{r['full_ofmap_sram_writes']:,} | {r['full_ifmap_dram_reads']:,} / {r['full_filter_dram_reads']:,} | "
-                f"{r['full_ofmap_dram_writes']:,} |")
+                f"| {r['model']} {r['layer']} | {r['M']} | {r['K']} \u00d7 {r['N']} | {r['array']} | {r['dataflow']} | "
+                f"{r['full_total_cycles']:,} / {r['full_stall_cycles']:,} | "
+                f"{r['engine_total_cycles']:,} / {r['engine_stall_cycles']:,} | "
+                f"{r['engine_ss_total_cycles']:,} / {r['engine_ss_stall_cycles']:,} | "
+                f"{r['full_ifmap_dram_reads'] + r['full_filter_dram_reads']:,} / {r['full_ofmap_dram_writes']:,} | "
+                f"{r['engine_dram_read_bytes']:,.0f} / {r['engine_dram_write_bytes']:,.0f} | "
+                f"{r['full_overall_util']:.2f} / {r['engine_util_pct']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
