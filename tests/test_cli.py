@@ -62,29 +62,26 @@ def test_estimate_without_out_writes_one_run_folder(estimate_run):
     folders = {p.parent for p in written}
     assert len(folders) == 1
     name = str(next(iter(folders)))
-    for setting in ("smollm2", "32x32", "ws", "seqlen-512", "clock-mhz-1000", "dram-gbps-16", "sram-kib-256"):
+    for setting in ("arch-edge", "smollm2", "array-32x32", "dataflow-ws", "seqlen-512", "area-json-rtl-area"):
         assert setting in name
     assert files_under(RESULTS) == before
 
 
-def test_estimate_regenerates_the_committed_numbers(estimate_run):
+def test_estimate_records_provenance_and_area(estimate_run):
     cwd, _, res = estimate_run
     assert res.returncode == 0, res.stderr
-    path = next(cwd.rglob("estimate_smollm2_32x32_ws.json"))
-    new = json.loads(path.read_text())
-    old = json.loads((RESULTS / "estimate_smollm2_32x32_ws.json").read_text())
+    new = json.loads(next(cwd.rglob("estimate.json")).read_text())
     check_provenance(new["provenance"], "estimate", "--seqlen")
-    assert new["reports"]["w2_decode"]["hw"]["dram_gbps"] == 16.0
-    for d in (new, old):
-        d.pop("provenance")
-        d["pe_area"].pop("source")
-    assert new == old
-    with open(path.with_suffix(".csv")) as fh:
+    assert new["arch"]["array"] == {"rows": 32, "cols": 32} and new["arch"]["area_json"].endswith("rtl_area.json")
+    with open(next(cwd.rglob("summary.csv"))) as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["weights"], r["phase"]) for r in rows] == [(f, p) for f in ("w2", "w4", "w8")
-                                                          for p in ("prefill", "decode")]
-    w2 = new["reports"]["w2_decode"]["totals"]
-    assert float(rows[1]["tokens_per_s"]) == pytest.approx(w2["tokens_per_s"])
+    assert [(r["format"], r["phase"]) for r in rows] == [(f, p) for f in ("pot_mnz", "int4", "int8")
+                                                         for p in ("prefill", "decode")]
+    area = json.loads((RESULTS / "rtl_area.json").read_text())["rows"]
+    cells = {r["params"]["kind"]: r["generic_cells"] for r in area
+             if r.get("what") == "pe" and r["params"].get("acc_bits") == 32}
+    for r in rows:
+        assert int(float(r["array_cells"])) == cells[r["format"]] * 32 * 32
 
 
 def test_estimate_rejects_old_and_bad_options(tmp_path):

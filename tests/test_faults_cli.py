@@ -59,7 +59,7 @@ def tiny(tmp_path_factory) -> Path:
     (root / "text.txt").write_text(" ".join(f"w{rng.randrange(100)}" for _ in range(20000)))
     (root / "a_file").write_text("not a folder")
     (root / "out_dir" / "results.json").mkdir(parents=True)
-    (root / "est_dir" / "estimate_smollm2_32x32_ws.json").mkdir(parents=True)
+    (root / "est_dir" / "summary.csv").mkdir(parents=True)
     (root / "a_dir").mkdir()
     return root
 
@@ -76,7 +76,7 @@ BEFORE_LOAD = [
     case(("estimate", "--context", "-5"), ("--context", "-5")),
     case(("estimate", "--seqlen", "0"), ("--seqlen",), slow=True),
     case(("estimate", "--out", "a_file"), ("a_file", "existing file"), slow=True),
-    case(("estimate", "--out", "est_dir"), ("estimate_smollm2_32x32_ws.json", "is a folder")),
+    case(("estimate", "--out", "est_dir"), ("summary.csv", "is a folder")),
     case(("estimate", "--out", "a_file/sub"), ("a_file", "not a folder"), slow=True),
     case(("levels", "--out", "a_file"), ("a_file", "existing file"), slow=True),
     case(("sim", "trace", "--m", "-3"), ("--m",), slow=True),

@@ -28,8 +28,9 @@ def _stages(out: Path, windows: int, seqlen: int, calib: int, quick: bool) -> li
         ("1. Level sets (algorithm)", ["levels", "--out", str(out)]),
         ("2. Rotated W2A4/KV4 pipeline on SmolLM2-135M: FP, rotated FP, std/mnz/pot_mnz GPTQ, mixed point "
          f"(mnz on {DEMO_MIXED}, int4 elsewhere)", eval_args),
-        ("3. Accelerator estimate from the cycle model (32x32 array, W2 vs W4 vs W8)",
-         ["estimate", "--model", "smollm2", "--array", "32x32", "--out", str(out)]),
+        *[(f"3. Accelerator estimate, edge preset (32x32 PEs, 16 GB/s): {name}, W2 vs W4 vs W8, prefill + decode",
+           ["estimate", "--arch", "edge", "--model", model, "--phase", "both", "--out", str(out / f"estimate_{model}")])
+          for model, name in (("smollm2", "SmolLM2-135M"), ("llama2-7b", "LLaMA-2-7B"))],
         ("4. RTL: generate Verilog", ["rtl", "generate"]),
         ("5. RTL: short cocotb verification on Icarus against the bit-accurate model",
          ["rtl", "verify", "--sim", "icarus", "--quick", "--out", str(out)]),
