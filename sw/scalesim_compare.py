@@ -178,6 +178,10 @@ def compare(models: list[str], ms: list[int], arrays: list[tuple[int, int]], dat
     cases = [{"dataflow": df, "M": M, "K": K, "N": N, "R": R, "C": C, "mode": probe_mode(df, M, K, N, R, C)}
              for _, _, K, N, M, R, C, df in plan]
     sims = _cached("compute", cases, lambda todo: run_probe(todo, venv))
+    cross = [{**c, "mode": "folds"} for c in cases if c["mode"] == "layer"]
+    for whole, summed in zip([s for s in sims if s["mode"] == "layer"], _cached("compute", cross,
+                                                                               lambda todo: run_probe(todo, venv))):
+        assert all(whole[k] == summed[k] for k in probe.SUMS if "sum" not in k), (whole, summed)
     full_cases = [{k: c[k] for k in ("dataflow", "M", "K", "N", "R", "C")} for c in cases
                   if scalesim_compute(c["dataflow"], c["M"], c["K"], c["N"], c["R"], c["C"]).cycles <= full_max_cycles]
     full_cases = list({json.dumps(c, sort_keys=True): c for c in full_cases}.values())
