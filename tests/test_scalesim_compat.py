@@ -21,6 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qift_hw.core.errors import QiftError
+from qift_hw.sim.cycle_model import os_gemm_cycles, ws_gemm_cycles
+from qift_hw.sim.dataflow import gemm_compute
 from qift_hw.sim.scalesim_compat import fold_rows, folds, scalesim_compute, scalesim_utilisation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,9 +165,6 @@ def test_closed_form_equals_running_scalesim(shape):
        st.sampled_from([1, 4, 8, 32, 128]), st.sampled_from([1, 4, 8, 32, 128]))
 def test_documented_differences_from_v1_and_v2(dataflow, M, K, N, R, C):
     """The identities docs/scalesim.md names for every difference between the default models and SCALE-Sim."""
-    from qift_hw.sim.cycle_model import os_gemm_cycles, ws_gemm_cycles
-    from qift_hw.sim.dataflow import gemm_compute
-
     ss, v2 = scalesim_compute(dataflow, M, K, N, R, C), gemm_compute(dataflow, M, K, N, R, C)
     T = ss.tiles
     assert v2.tiles == T and (v2.act_words, v2.weight_words) == (ss.act_words, ss.weight_words)
