@@ -4,6 +4,7 @@ Reference: torch int64 matmul of the integer weights decoded from the level set'
 the hardware's rule written out (sequential saturating accumulation) where saturation is possible.
 """
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -63,6 +64,27 @@ def test_byte_kernel_exact_on_ragged_shapes(M, K, N, level_set, seed):
     out = matmul(acts, pw, level_set, kernel="bytes")
     assert out.dtype == np.int64 and out.shape == (M, N) and np.array_equal(out, ref)
     assert np.array_equal(bytedot.gemm(acts, pw.byte_panels, portable=True), ref)
+    assert np.array_equal(bytedot.gemm(acts, pw.byte_panels, per=1), ref)  # one panel per group
+    assert np.array_equal(bytedot.gemm(acts, pw.byte_panels, per=2), ref)  # groups with a short last one
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_byte_kernel_threads():
+    """Above PARALLEL_MIN_MACS the panel groups run over threads (prange); same values."""
+    rng = np.random.default_rng(11)
+    M, K, N = 64, 1031, 1030
+    assert M * K * N >= bytedot.PARALLEL_MIN_MACS
+    acts, codes = random_case(rng, M, K, N, "pot_mnz")
+    pw = prepare_weights(codes, "pot_mnz")
+    threads = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        G = pw.byte_panels.panels.shape[1]
+        per = bytedot.panels_per_group(G, 17, 2)
+        assert 1 <= per <= 9 and per * G * bytedot.GROUP * bytedot.PANEL <= bytedot.GROUP_BYTES
+        assert np.array_equal(matmul(acts, pw, kernel="bytes"), reference(acts, codes, "pot_mnz"))
+    finally:
+        numba.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("level_set", SHIFT_ADD + MULTIPLIER)

@@ -48,6 +48,8 @@ ACT_OFFSET = 8
 """Added to an INT4 activation to make it an unsigned byte (0..15)."""
 ACT_UMAX = 15
 LANE_MAX = 2**31 - 1
+GROUP_BYTES = 1 << 19
+"""Weight bytes of the panels that run together (half of a 1 MiB L2, leaving room for the activations)."""
 PARALLEL_MIN_MACS = 1 << 26
 """Below this many MACs one thread wins (a parallel launch costs ~0.1 ms)."""
 
@@ -91,7 +93,7 @@ def dot_tile(rows: int, regs: int, vnni: bool, unroll: int = 1):
     """A register tile of the byte-dot GEMM, as a Numba intrinsic (one per shape: the registers are unrolled).
 
     tile(a, lda, w, G, out, ldo), all int64 (addresses and byte/element strides): for r < rows, j < regs, lane i:
-    out32[r * ldo + 16 j + i] += sum_{g < G} sum_{q < 4} u8 a[r * lda + 4 g + q] * s8 w[(g * regs + j) * 64 + 4 i + q].
+    out32[r * ldo + 16 j + i] = sum_{g < G} sum_{q < 4} u8 a[r * lda + 4 g + q] * s8 w[(g * regs + j) * 64 + 4 i + q].
     The accumulators stay in registers over the whole k loop; the activation dword is broadcast from memory.
     vnni: use llvm.x86.avx512.vpdpbusd.512 (needs VNNI); otherwise portable vector IR, same values.
     unroll: k groups per loop step, each into its own accumulators (summed at the end), so that a short tile still
@@ -123,9 +125,7 @@ def dot_tile(rows: int, regs: int, vnni: bool, unroll: int = 1):
             ldo_b = builder.mul(ldo, c64(4))
             out_ptrs = [[builder.inttoptr(builder.add(out, builder.add(builder.mul(c64(r), ldo_b), c64(64 * j))), vp)
                          for j in range(regs)] for r in range(rows)]
-            zero = ir.Constant(_V16, None)
-            init = [builder.load(p, align=4) for row in out_ptrs for p in row]
-            init += [zero] * (len(init) * (unroll - 1))
+            init = [ir.Constant(_V16, None)] * (rows * regs * unroll)
             entry = builder.block
             head = builder.append_basic_block("tile.head")
             body = builder.append_basic_block("tile.body")
@@ -248,61 +248,76 @@ def _tile(rows, portable, a, lda, w, G, o, ldo):
 
 
 @njit(inline="always")
-def _panel(ap, panels, corr, p, acc, out, portable):
-    """Output channels [p * PANEL, (p + 1) * PANEL) of every row: the register tiles, then int64 minus corr."""
+def _panels(ap, panels, corr, p0, p1, out, portable):
+    """Output channels [p0 * PANEL, p1 * PANEL) of every row: for each TILE_M rows, one register tile per panel
+    into a small int32 block (it stays in L1), then int64 minus corr into the output."""
     M, N = out.shape
     G = panels.shape[1]
     lda = np.int64(ap.shape[1])
-    ldo = np.int64(acc.shape[1])
+    block = np.empty((TILE_M, PANEL), dtype=np.int32)
+    b0 = np.int64(block.ctypes.data)
     a0 = np.int64(ap.ctypes.data)
-    o0 = np.int64(acc.ctypes.data) + np.int64(4 * p * PANEL)
-    w0 = np.int64(panels.ctypes.data) + np.int64(p) * np.int64(G * PANEL * GROUP)
     for m in range(0, M, TILE_M):
-        _tile(min(TILE_M, M - m), portable, a0 + m * lda, lda, w0, G, o0 + 4 * m * ldo, ldo)
-    for m in range(M):
-        for n in range(p * PANEL, min(N, (p + 1) * PANEL)):
-            out[m, n] = np.int64(acc[m, n]) - corr[n]
+        rows = min(TILE_M, M - m)
+        for p in range(p0, p1):
+            w0 = np.int64(panels.ctypes.data) + np.int64(p) * np.int64(G * PANEL * GROUP)
+            _tile(rows, portable, a0 + m * lda, lda, w0, G, b0, np.int64(PANEL))
+            n0 = p * PANEL
+            for r in range(rows):
+                for n in range(n0, min(N, n0 + PANEL)):
+                    out[m + r, n] = np.int64(block[r, n - n0]) - corr[n]
 
 
 @njit(inline="always")
-def _gemm(acts, panels, corr, N, portable, parallel):
-    """Stage the activations, run every panel (over threads when ``parallel``); (out int64 [M, N], acts in range)."""
+def _gemm(acts, panels, corr, N, per, portable, parallel):
+    """Stage the activations, run the panels in groups of ``per`` (over threads when ``parallel``);
+    (out int64 [M, N], acts in range)."""
     M = acts.shape[0]
     P = panels.shape[0]
     ap, ok = _stage_acts(acts, panels.shape[1])
     out = np.empty((M, N), dtype=np.int64)
     if not ok or M == 0 or N == 0:
         return out, ok
-    acc = np.zeros((M, P * PANEL), dtype=np.int32)
+    groups = (P + per - 1) // per
     if parallel:
-        for p in prange(P):
-            _panel(ap, panels, corr, p, acc, out, portable)
+        for q in prange(groups):
+            _panels(ap, panels, corr, q * per, min(P, (q + 1) * per), out, portable)
     else:
-        for p in range(P):
-            _panel(ap, panels, corr, p, acc, out, portable)
+        for q in range(groups):
+            _panels(ap, panels, corr, q * per, min(P, (q + 1) * per), out, portable)
     return out, ok
 
 
 @njit(cache=True)
-def _gemm_serial(acts, panels, corr, N, portable):
-    return _gemm(acts, panels, corr, N, portable, False)
+def _gemm_serial(acts, panels, corr, N, per, portable):
+    return _gemm(acts, panels, corr, N, per, portable, False)
 
 
 @njit(parallel=True, cache=True)
-def _gemm_parallel(acts, panels, corr, N, portable):
-    return _gemm(acts, panels, corr, N, portable, True)
+def _gemm_parallel(acts, panels, corr, N, per, portable):
+    return _gemm(acts, panels, corr, N, per, portable, True)
 
 
-def gemm(acts: np.ndarray, wb: WeightBytes, portable: bool = False) -> np.ndarray:
+def panels_per_group(G: int, P: int, threads: int) -> int:
+    """Weight panels run together over each block of TILE_M rows: as many as fit GROUP_BYTES (so they stay in L2
+    while every row block passes), and at most P / threads so that every thread gets a group."""
+    return max(1, min(GROUP_BYTES // (max(G, 1) * GROUP * PANEL), -(-P // threads)))
+
+
+def gemm(acts: np.ndarray, wb: WeightBytes, portable: bool = False, per: int | None = None) -> np.ndarray:
     """Exact int64 [M, N] = acts @ w^T for INT4 acts (int8 [M, K], C-contiguous; range-checked here) and prepared
-    weight bytes. portable: run the portable vector code even where AVX-512 VNNI is available (to test it)."""
+    weight bytes. portable: run the portable vector code even where AVX-512 VNNI is available (to test it);
+    per: panels per group (default `panels_per_group`)."""
     M, K = acts.shape
     if K != wb.K:
         raise QiftError(f"activations have K={K}, weights K={wb.K}")
     if not wb.fits:
         raise QiftError(f"K={K} with |w| <= {wb.max_abs_w} could wrap an int32 lane; use the bit-plane or PE kernel")
-    big = M * K * wb.N >= PARALLEL_MIN_MACS and wb.panels.shape[0] > 1 and numba.get_num_threads() > 1
-    out, ok = (_gemm_parallel if big else _gemm_serial)(acts, wb.panels, wb.corr, wb.N, portable or not VNNI)
+    P, G = wb.panels.shape[:2]
+    threads = numba.get_num_threads() if M * K * wb.N >= PARALLEL_MIN_MACS and P > 1 else 1
+    per = panels_per_group(G, P, threads) if per is None else per
+    out, ok = (_gemm_parallel if threads > 1 else _gemm_serial)(acts, wb.panels, wb.corr, wb.N, per,
+                                                                portable or not VNNI)
     if not ok:
         raise QiftError(f"acts must lie in [-8, 7] (INT4), got [{int(acts.min())}, {int(acts.max())}]")
     return out
