@@ -45,10 +45,12 @@ def pe_top(kind: str = "pot_mnz", acc_bits: int = formats.ACC_BITS) -> Top:
 
 def array_top(dataflow: str = "ws", rows: int = 4, cols: int = 4, kind: str = "pot_mnz",
               acc_bits: int = formats.ACC_BITS) -> Top:
-    """An R x C array of one dataflow and PE variant."""
+    """An R x C array of one dataflow and PE variant: v1 ``ws``/``os``, or a protocol-v2 array (``ws2``, ``ws2_chain``,
+    ``ws2_port``, ``os2``; ``qift_hw.rtl.array2``)."""
     from qift_hw.rtl.array import make_array
+    from qift_hw.rtl.array2 import V2_ARRAYS, make_array2
 
-    arr = make_array(dataflow, rows, cols, kind, acc_bits)
+    arr = (make_array2 if dataflow in V2_ARRAYS else make_array)(dataflow, rows, cols, kind, acc_bits)
     return Top(f"qift_array_{dataflow}_{rows}x{cols}_{kind}_a{acc_bits}", arr, arr.params())
 
 
