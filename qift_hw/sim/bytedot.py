@@ -185,6 +185,7 @@ class WeightBytes:
     N: int
     max_abs_w: int
     fits: bool  # fits(K, max_abs_w): no int32 lane can wrap
+    per: int  # panels_per_group for one thread
 
 
 def weight_bytes(w: np.ndarray) -> WeightBytes:
@@ -197,7 +198,7 @@ def weight_bytes(w: np.ndarray) -> WeightBytes:
     panels = np.ascontiguousarray(buf.reshape(P, PANEL, G, GROUP).transpose(0, 2, 1, 3).reshape(P, G, PANEL * GROUP))
     corr = ACT_OFFSET * w.sum(axis=1, dtype=np.int64)
     amax = int(np.abs(w.astype(np.int16)).max()) if w.size else 0
-    return WeightBytes(panels, corr, int(K), int(N), amax, fits(K, amax))
+    return WeightBytes(panels, corr, int(K), int(N), amax, fits(K, amax), panels_per_group(G, P, 1))
 
 
 @njit(cache=True)
@@ -315,7 +316,8 @@ def gemm(acts: np.ndarray, wb: WeightBytes, portable: bool = False, per: int | N
         raise QiftError(f"K={K} with |w| <= {wb.max_abs_w} could wrap an int32 lane; use the bit-plane or PE kernel")
     P, G = wb.panels.shape[:2]
     threads = numba.get_num_threads() if M * K * wb.N >= PARALLEL_MIN_MACS and P > 1 else 1
-    per = panels_per_group(G, P, threads) if per is None else per
+    if per is None:
+        per = wb.per if threads == 1 else panels_per_group(G, P, threads)
     out, ok = (_gemm_parallel if threads > 1 else _gemm_serial)(acts, wb.panels, wb.corr, wb.N, per,
                                                                 portable or not VNNI)
     if not ok:
