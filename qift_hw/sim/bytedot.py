@@ -60,7 +60,10 @@ def _host_vnni512() -> bool:
         return False
     import llvmlite.binding as llvm
 
-    feats = llvm.get_host_cpu_features()
+    try:
+        feats = llvm.get_host_cpu_features()
+    except RuntimeError:  # LLVM cannot tell on this platform
+        return False
     return all(feats.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
 
 
