@@ -419,6 +419,23 @@ def describe(point: Mapping[str, Any]) -> str:
     return f"arch={point.get('arch')}{', ' + sets if sets else ''}, levels={lv}, {work}"
 
 
+def _shape_name(model: str) -> str:
+    try:
+        return _shape_record(model)["name"]
+    except QiftError:
+        return model
+
+
+def ppl_note(ppl_meta: Mapping[str, Any], models: Sequence[str]) -> str | None:
+    """Where the perplexity comes from, and a warning when it was measured on another model than the sweep's."""
+    if not ppl_meta.get("source"):
+        return None
+    where = _shape_name(str(ppl_meta.get("model")))
+    others = sorted({_shape_name(m) for m in models} - {where})
+    text = f"perplexity: {where}, {ppl_meta['source']}"
+    return text + (f" (not {', '.join(others)}: it ranks the formats)" if others else "")
+
+
 TABLE = "explore.parquet"
 FILES = (TABLE, "explore.csv", "explore.json")
 
@@ -445,8 +462,7 @@ def write_outputs(folder: str | Path, df: Any, run: GridRun, grid: Grid, ppl_met
         pq.write_table(table.replace_schema_metadata(meta), tmp)
     paths = [folder / TABLE, write_csv(folder / FILES[1], df.to_dict("records"), list(df.columns))]
     if len(df):
-        note = (f"perplexity: {ppl_meta.get('model')}, {ppl_meta.get('source')}" if ppl_meta.get("source")
-                else None)
+        note = ppl_note(ppl_meta, sorted(set(df["model"].astype(str)))) if "model" in df else None
         paths += plot_explore(df, folder, df.attrs.get("area_unit", "PEs"), note)
     record["files"] = [p.name for p in paths] + [FILES[2]]
     paths.append(write_json(folder / FILES[2], record))
