@@ -85,16 +85,18 @@ def _pick_row(path: Path, rows: list[dict], row: str | None) -> dict:
     if row is not None:
         hits = [r for r in quant if r.get("label") == row]
         if not hits:
+            more = f" (and {len(labels) - 8} more)" if len(labels) > 8 else ""
             raise QiftError(f"results file {path} has no quantized row labelled {row!r}; its rows: "
-                            f"{'; '.join(labels)}")
+                            f"{'; '.join(labels[:8])}{more}")
         return hits[-1]
     if len(quant) == 1:
         return quant[0]
     mixed = [r for r in quant if len({x.get("level_set") for x in r["linears"]}) > 1]
     if len(mixed) == 1:
         return mixed[0]
+    shown = [str(r.get("label")) for r in mixed] or labels[:4]
     raise QiftError(f"results file {path} has {len(quant)} quantized rows; pick one with --layer-map-row LABEL "
-                    f"(rows: {'; '.join(labels)})")
+                    f"({'mixed rows' if mixed else 'e.g.'}: {'; '.join(shown)})")
 
 
 def _from_results(path: Path, row: str | None) -> LayerMap:

@@ -166,16 +166,17 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def ratio_lines(summary: list[dict]) -> list[str]:
-    """Per phase: tokens/s of each format relative to the last (the widest baseline by default)."""
+    """Per phase: tokens/s of each format relative to the last uniform one (the widest baseline by default)."""
     lines = []
     phases = list(dict.fromkeys(r["phase"] for r in summary))
     for phase in phases:
         rows = [r for r in summary if r["phase"] == phase]
         if len(rows) < 2:
             continue
-        base = rows[-1]
-        parts = [f"{_w(r['format'])} {r['tokens_per_s'] / base['tokens_per_s']:.2f}x" for r in rows[:-1]
-                 if base["tokens_per_s"]]
+        uniform = [r for r in rows if not r["format"].startswith("map:")]
+        base = (uniform or rows)[-1]
+        parts = [f"{_w(r['format'])} {r['tokens_per_s'] / base['tokens_per_s']:.2f}x" for r in rows
+                 if r is not base and base["tokens_per_s"]]
         lines.append(f"{phase}: tokens/s relative to {_w(base['format'])}: " + ", ".join(parts))
     return lines
 
@@ -288,7 +289,8 @@ def summary_markdown(result: dict) -> str:
 
 
 def write_estimate(folder: str | Path, result: dict, plots: bool = True) -> list[Path]:
-    """Write the run folder: the CSVs, JSON, resolved architecture, Markdown summary and (``plots``) the figures."""
+    """Write the run folder: the CSVs, JSON, resolved architecture, Markdown summary and (``plots``) the figures;
+    a figure of an earlier run that this one does not draw is removed, so the folder holds one run's files."""
     import yaml
 
     from qift_hw.core.io import write_json, write_text
@@ -303,6 +305,9 @@ def write_estimate(folder: str | Path, result: dict, plots: bool = True) -> list
              write_text(folder / MARKDOWN_FILE, summary_markdown(result))]
     if plots:
         paths += write_plots(folder, result)
+    for name in PLOT_FILES:
+        if folder / name not in paths:
+            (folder / name).unlink(missing_ok=True)
     return paths
 
 
