@@ -337,3 +337,10 @@ def test_cli_bad_grid_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     code, err = qift(monkeypatch, capsys, "explore", "g.yaml", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "unknown field 'batchsize'" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_workers_with_scheduler_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "model: smollm2\n")
+    code, err = qift(monkeypatch, capsys, "explore", "g.yaml", "--workers", "2", "--scheduler", "tcp://x:1")
+    assert code == 2 and "--workers" in err and err.count("\n") == 1

@@ -31,6 +31,9 @@ def explore_cmd(
 
     if workers is not None and workers < 1:
         raise QiftError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and scheduler:
+        raise QiftError("--workers sizes the local cluster; with --scheduler the cluster's own workers run the "
+                        "points, so leave --workers out")
     grid = load_grid(grid_file)
     folder = run_folder(out, "explore", grid=grid_file.stem)
     check_out_folder(folder, FILES)
