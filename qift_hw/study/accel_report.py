@@ -317,7 +317,8 @@ def _columns(rows: list[dict], stable: Sequence[str]) -> list[str]:
 
 
 def write_plots(folder: Path, result: dict) -> list[Path]:
-    """roofline.png, breakdown.png and (when the result has sweeps) sweeps.png."""
+    """roofline.png (the uniform formats: a layer map's rows are theirs again), breakdown.png and (when the result
+    has sweeps) sweeps.png."""
     from qift_hw.study.accel_plots import plot_breakdown, plot_roofline, plot_sweeps
 
     arch = result["arch"]
@@ -327,7 +328,9 @@ def write_plots(folder: Path, result: dict) -> list[Path]:
     peak = arch["array"]["rows"] * arch["array"]["cols"]
     bpc = arch["dram"]["gbps"] * 1e3 / arch["clock_mhz"]
     title = f"{result['workload_name']} on {result['arch_name']}: every layer row, per format and phase"
-    paths = [plot_roofline(layers, formats, peak, bpc, title, folder / PLOT_FILES[0]),
+    uniform = [f for f in formats if not f.startswith("map:")] or formats
+    paths = [plot_roofline([r for r in layers if r["format"] in uniform], uniform, peak, bpc, title,
+                           folder / PLOT_FILES[0]),
              plot_breakdown(layers, formats, phases, {(r["format"], r["phase"]): r["tokens"] for r in summary},
                             folder / PLOT_FILES[1])]
     if result.get("sweeps"):
