@@ -162,8 +162,15 @@ def _as_numpy(x, what: str) -> np.ndarray:
     raise QiftError(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
+def _check_range(a: np.ndarray, act_bits: int) -> None:
+    lo, hi = formats.signed_range(act_bits)
+    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+        raise QiftError(f"acts must lie in [{lo}, {hi}] (INT{act_bits}), got [{int(a.min())}, {int(a.max())}]")
+
+
 def _int8_acts(acts, act_bits: int) -> np.ndarray:
-    """check_acts without the range check: int8, C-contiguous (integer values outside int8 are an error here)."""
+    """Integer 2-D acts as int8, C-contiguous; range-checked only when converted (int8 input is left to the kernel,
+    which checks the range as it stages the activations)."""
     a = _as_numpy(acts, "acts")
     if a.ndim != 2:
         raise QiftError(f"acts must be 2-D [M, K], got shape {a.shape}")
@@ -171,19 +178,15 @@ def _int8_acts(acts, act_bits: int) -> np.ndarray:
         return a
     if not np.issubdtype(a.dtype, np.integer):
         raise QiftError(f"acts must be an integer array (INT4 values in int8), got {a.dtype}")
-    lo, hi = formats.signed_range(act_bits)
-    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
-        raise QiftError(f"acts must lie in [{lo}, {hi}] (INT{act_bits}), got [{int(a.min())}, {int(a.max())}]")
+    _check_range(a, act_bits)
     return np.ascontiguousarray(a, dtype=np.int8)
 
 
 def check_acts(acts, act_bits: int = formats.ACT_BITS) -> np.ndarray:
     """Validate INT4 activations: integer 2-D [M, K] within [-8, 7]; returns int8, C-contiguous."""
     a = _int8_acts(acts, act_bits)
-    lo, hi = formats.signed_range(act_bits)
-    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
-        raise QiftError(f"acts must lie in [{lo}, {hi}] (INT{act_bits}), got [{int(a.min())}, {int(a.max())}]")
-    return np.ascontiguousarray(a, dtype=np.int8)
+    _check_range(a, act_bits)
+    return a
 
 
 def matmul(acts, codes, level_set: str | LevelSet = formats.HW_LEVEL_SET, acc_bits: int = formats.ACC_BITS,
