@@ -26,8 +26,6 @@ RESULT_PORTS = {"ws": ("p_out", "ovf_out", "pv_out"), "stream": ("p_out", "ovf_o
 """(value, overflow, valid) output ports per v2 dataflow."""
 ARRAY_FOR = {"ws": "ws2", "stream": "ws2", "os": "os2"}
 """The v2 array top each dataflow runs on by default (both WS weight ports)."""
-UNUSED_PORTS = {"ws": ("wp_in", "wp_we"), "stream": ("sh_in", "w_in")}
-"""Ports a dataflow drives at 0 throughout (so an array built without them runs it)."""
 
 
 @dataclass
@@ -123,8 +121,8 @@ def v2_trace(dataflow: str, acts: np.ndarray, codes: np.ndarray, R: int, C: int,
 
     run = gemm_v2(acts, codes, R, C, dataflow, level_set, acc_bits, m_tile, trace=True)
     tr = dict(run.trace)
-    for k in UNUSED_PORTS.get(dataflow, ()):
-        if k not in lanes and np.asarray(tr[k]).any():
+    for k in tr:
+        if k != "en" and k not in lanes and np.asarray(tr[k]).any():
             raise QiftError(f"the {dataflow} trace drives {k}, which this array has not; use the ws2 array")
     outputs = RESULT_PORTS[dataflow]
     full, rows = with_stalls(tr, lanes, outputs, stall_prob, np.random.default_rng(seed))
