@@ -357,7 +357,8 @@ def tidy_table(run: GridRun, params: Sequence[Mapping[str, Any]], ppl: Mapping[s
     for res, par in zip(run.results, params):
         label = {"format": res.point["label"]} if res.point.get("label") else {}
         for row in res.rows or []:
-            records.append({**row, **label, **par, "point": res.index, "point_key": res.key, "cached": res.cached})
+            records.append({**par, **row, **label, **par, "point": res.index, "point_key": res.key,
+                            "cached": res.cached})
     df = pd.DataFrame.from_records(records)
     if df.empty:
         return df

@@ -4,6 +4,7 @@ workload (prefill, decode, ...), one legend entry per format."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,9 +34,9 @@ def _tick(value: float, _pos: int) -> str:
 
 
 def _minor_tick(value: float, pos: int) -> str:
-    """Label the 2x and 5x minor ticks of a log axis that spans less than two decades."""
+    """Label the 2x, 3x and 5x minor ticks of a log axis that spans less than two decades."""
     lead = f"{value:.0e}"[0]
-    return _tick(value, pos) if lead in "25" else ""
+    return _tick(value, pos) if lead in "235" else ""
 
 
 def format_colors(formats: Sequence[str]) -> dict[str, Any]:
@@ -49,7 +50,8 @@ def format_colors(formats: Sequence[str]) -> dict[str, Any]:
 
 def plot_front(df: Any, x: str, y: str, front: str, path: str | os.PathLike, *, xlabel: str, ylabel: str,
                title: str, logx: bool = True, logy: bool = True, note: str | None = None) -> Path:
-    """Scatter ``y`` against ``x`` for every row, the rows flagged by column ``front`` highlighted and joined."""
+    """Scatter ``y`` against ``x`` for every row, the rows flagged by column ``front`` highlighted and joined.
+    A log axis whose values span less than a decade is drawn linear."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,13 +73,12 @@ def plot_front(df: Any, x: str, y: str, front: str, path: str | os.PathLike, *, 
             ax.step(best[x], best[y], where="post", color="black", lw=1.0, zorder=2)
             ax.scatter(best[x], best[y], s=46, c=[colors[str(f)] for f in best["format"]], edgecolors="black",
                        linewidths=1.0, zorder=3)
-        ax.set_xscale("log" if logx else "linear")
-        ax.set_yscale("log" if logy else "linear")
-        for axis, col in ((ax.xaxis, x), (ax.yaxis, y)):
+        for axis, col, log, set_scale in ((ax.xaxis, x, logx, ax.set_xscale), (ax.yaxis, y, logy, ax.set_yscale)):
             vals = part[col].astype(float)
-            narrow = vals.min() > 0 and vals.max() / vals.min() < 100
+            span = vals.max() / vals.min() if vals.min() > 0 else math.inf
+            set_scale("log" if log and span >= 10 else "linear")  # under a decade, a log axis has no ticks
             axis.set_major_formatter(FuncFormatter(_tick))
-            axis.set_minor_formatter(FuncFormatter(_minor_tick) if narrow else NullFormatter())
+            axis.set_minor_formatter(FuncFormatter(_minor_tick) if log and span < 100 else NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_title(name or title, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
