@@ -95,6 +95,13 @@ def _ref(A, W):
     return A @ formats.weight_int_values("pot_mnz")[W].T
 
 
+def _simulate(dut, bench) -> None:
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 @pytest.mark.parametrize("dataflow", ["ws", "stream"])
 def test_ws2_protocol_written_out(dataflow):
     """WS v2 driven from the protocol's tile table, not the model: shadow loads (shift chain or per-PE port) under
@@ -150,10 +157,7 @@ def test_ws2_protocol_written_out(dataflow):
             ctx.set(dut.wp_we, [[int(v) for v in row] for row in drive["wp_we"][t]])
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, bench)
     ref = _ref(A, W)
     assert all(got[m, n] == ref[m, n] for m in range(M) for n in range(N))
 
@@ -196,10 +200,7 @@ def test_os2_protocol_written_out():
                 ctx.set(port, [int(v) for v in vals[t]])
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, bench)
     ref = _ref(A, W)
     assert all(got[m, n] == ref[m, n] for m in range(M) for n in range(N))
 
