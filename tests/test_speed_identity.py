@@ -91,3 +91,54 @@ def test_hadamard_transform_keeps_gradients():
     h = hadamard_matrix_float(1536, torch.float64, normalize=True)
     assert torch.allclose(x.grad, h.sum(0).expand(3, -1), atol=1e-12)
     assert torch.equal(y.detach(), _old_hadamard_transform(x.detach()))
+
+
+def _tiny_quantized_model(rotated: bool):
+    from qift_hw.algo.models import tiny_llama
+    from qift_hw.algo.qmodel import quantize_model_forward
+    from qift_hw.algo.rotation import rotate_model
+
+    model = tiny_llama(seed=5, hidden=48, intermediate=96, heads=4, kv_heads=2, layers=2)
+    if rotated:
+        rotate_model(model, seed=0)
+    quantize_model_forward(model, a_bits=4, kv_bits=4)
+    return model
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_shared_input_transform_gives_the_same_logits_with_fewer_transforms(rotated, monkeypatch):
+    from qift_hw.algo.qmodel import QLinear, iter_qlinears
+
+    model = _tiny_quantized_model(rotated)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    calls = []
+    plain = QLinear.transform_input
+    monkeypatch.setattr(QLinear, "transform_input", lambda self, x: (calls.append(self.name), plain(self, x))[1])
+    with torch.no_grad():
+        shared = model(input_ids=ids, use_cache=False).logits
+        n_shared = len(calls)
+        kept = {name: q.shared_input for name, q in iter_qlinears(model)}
+        for _, q in iter_qlinears(model):
+            q.shared_input = None  # the previous behaviour: every linear transforms its own input
+        calls.clear()
+        alone = model(input_ids=ids, use_cache=False).logits
+    assert torch.equal(shared, alone)
+    assert len(calls) == 14 and n_shared == 2 * 4  # per layer q/k/v once, o, gate/up once, down
+    grouped = [s for name, s in kept.items() if not name.endswith(("o_proj", "down_proj"))]
+    assert len(grouped) == 10 and all(s is not None and s.src is None for s in grouped), "dropped after last use"
+
+
+def test_shared_input_is_not_reused_after_an_in_place_change():
+    from qift_hw.algo.qmodel import SharedInput
+
+    shared = SharedInput(3)
+    x = torch.randn(4, 8)
+    out = x * 2
+    shared.put(x, ("k",), out)
+    assert shared.get(x.clone(), ("k",)) is None  # another tensor with the same values
+    assert shared.get(x, ("other settings",)) is None
+    x.add_(1)
+    assert shared.get(x, ("k",)) is None
+    shared.put(x, ("k",), out)
+    assert shared.get(x, ("k",)) is out and shared.get(x, ("k",)) is out
+    assert shared.src is None  # used by both other members: dropped

@@ -47,6 +47,43 @@ def check_act_quant(a_bits: int, kv_bits: int, a_clip: float, kv_clip: float) ->
             raise QiftError(f"{what} ratio must be in (0, 1], got {clip}")
 
 
+SHARED_INPUT_GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
+"""Linears of one decoder layer that the forward calls on the same input tensor, in call order."""
+
+
+class SharedInput:
+    """The last input of a group of QLinears that read one tensor, with its transformed value: the online Hadamard
+    and activation quantizer run once per group instead of once per linear (same function, same values).
+
+    A member reuses the value only if it gets the very same tensor object, unmodified since (version counters of
+    input and value), with the same transform settings; the entry is dropped once every other member used it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.clear()
+
+    def clear(self) -> None:
+        self.src: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None
+        self.key: tuple = ()
+        self.versions: tuple[int, int] = (-1, -1)
+        self.left = 0
+
+    def get(self, x: torch.Tensor, key: tuple) -> torch.Tensor | None:
+        if self.src is not x or self.key != key or self.versions != (x._version, self.out._version):
+            return None
+        out = self.out
+        self.left -= 1
+        if self.left <= 0:
+            self.clear()
+        return out
+
+    def put(self, x: torch.Tensor, key: tuple, out: torch.Tensor) -> None:
+        self.src, self.out, self.key, self.left = x, out, key, self.size - 1
+        self.versions = (x._version, out._version)
+
+
 class QLinear(nn.Linear):
     """A decoder linear with online Hadamard, activation fake-quantization, capture hook and weight replacement.
 
@@ -68,6 +105,7 @@ class QLinear(nn.Linear):
         self.a_bits = FLOAT_BITS
         self.a_clip = ACT_CLIP
         self.capture: Callable[[torch.Tensor], None] | None = None
+        self.shared_input: SharedInput | None = None
         self.register_buffer("qweight", None, persistent=False)
         self.register_buffer("int_weight", None, persistent=False)
         self.register_buffer("int_scale", None, persistent=False)
@@ -121,10 +159,22 @@ class QLinear(nn.Linear):
             x = fake_quant_act(x, self.a_bits, self.a_clip)
         return x
 
+    def _shared_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """transform_input(x), taken from the group's SharedInput when another member just computed it."""
+        shared = self.shared_input
+        if shared is None:
+            return self.transform_input(x)
+        key = (self.online_hadamard, self.a_bits, self.a_clip)
+        out = shared.get(x, key)
+        if out is None:
+            out = self.transform_input(x)
+            shared.put(x, key, out)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.int_weight is not None:
             return self._int_forward(x)
-        x = self.transform_input(x)
+        x = self._shared_transform(x)
         if self.capture is not None:
             self.capture(x.reshape(-1, x.shape[-1]))
         return F.linear(x, self.effective_weight(), self.bias)
@@ -211,6 +261,13 @@ def wrap_model(model: nn.Module) -> list[tuple[str, QLinear]]:
     for name, lin in iter_linears(model):
         if not isinstance(lin, QLinear):
             _set_child(model, name, QLinear(lin, name))
+    for layer in model.model.layers:
+        for owner, names in SHARED_INPUT_GROUPS:
+            group = [getattr(getattr(layer, owner), n) for n in names]
+            if group[0].shared_input is None:
+                shared = SharedInput(len(group))
+                for q in group:
+                    q.shared_input = shared
     for _, attn in iter_attentions(model):
         if not isinstance(getattr(attn, "qift_attn", None), AttnQuant):
             attn.qift_attn = AttnQuant()
