@@ -151,7 +151,7 @@ def test_defaults_come_from_the_library():
     from qift_hw.algo.config import QuantConfig
     from qift_hw.cli.eval import quant_config
     from qift_hw.core import formats
-    from qift_hw.sim.cycle_model import HwConfig
+    from qift_hw.sim.arch import Dram
 
     cfg = quant_config("pydoc", "cpu", {"a_clip": None, "kv_clip": None, "rotate": None})
     assert (cfg.a_clip, cfg.kv_clip, cfg.rotate) == (formats.ACT_CLIP, formats.KV_CLIP, True)
@@ -159,7 +159,7 @@ def test_defaults_come_from_the_library():
     cfg = quant_config("pydoc", "cpu", {"a_clip": 0.8, "calib_seed": 5, "model": "x"}, levels="std")
     assert (cfg.a_clip, cfg.calib_seed, cfg.calib_source, cfg.device) == (0.8, 5, "pydoc", "cpu")
     assert QuantConfig().calib_seed == 0
-    assert HwConfig().dram_gbps == 16.0
+    assert Dram().gbps == 16.0
 
 
 def test_sweep_ratio_passes_every_quantization_option(monkeypatch):

@@ -11,7 +11,8 @@ from typing import Any, List, Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import ARRAY_HELP, SEQLEN_HELP, check_out_folder, out_option, parse_array, run_folder
+from qift_hw.cli.options import (ARRAY_HELP, SEQLEN_HELP, check_out_folder, out_option, parse_array, parse_sram_kib,
+                                 run_folder)
 from qift_hw.core.errors import QiftError
 
 LM_HEAD_BITS = {0: None, 3: "int3", 4: "int4", 8: "int8"}
@@ -41,8 +42,6 @@ def flag_overrides(array: Optional[str], dataflow: Optional[str], clock_mhz: Opt
                    dram_gbps: Optional[float], sram_kib: Optional[str], area_json: Optional[Path]
                    ) -> dict[str, tuple[str, Any]]:
     """The older accelerator flags as architecture-file overrides: {field path: (flag as typed, value)}."""
-    from qift_hw.sim.estimate import parse_sram_kib
-
     out: dict[str, tuple[str, Any]] = {}
     if array is not None:
         rows, cols = parse_array(array)

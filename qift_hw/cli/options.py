@@ -1,6 +1,6 @@
 """Options and helpers that several commands share: one name, one help text and one default per concept.
 
-Defaults that belong to a library dataclass (QuantConfig, HwConfig) or to `core.formats` are not repeated here:
+Defaults that belong to a library dataclass (QuantConfig, the architecture file's Arch) or to `core.formats` are not repeated here:
 those options default to None and the command reads the library's default when it builds the config, so
 `--help` stays fast (no torch import) and the value is defined once.
 """
@@ -76,6 +76,19 @@ def parse_array(text: str) -> tuple[int, int]:
     if len(sizes) != 1:
         raise QiftError(f"--array takes one size here (e.g. 32x32), got {text!r}")
     return sizes[0]
+
+
+def parse_sram_kib(text: str) -> tuple[float, float, float]:
+    """``--sram-kib``: one size in KiB for all three buffers, or act,weight,out."""
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) == 1:
+        vals *= 3
+    if len(vals) != 3:
+        raise QiftError(f"--sram-kib must be one number or three (act,weight,out), got {text!r}")
+    return vals[0], vals[1], vals[2]
 
 
 def resolve_device(device: Optional[str]) -> str:

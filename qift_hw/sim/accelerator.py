@@ -23,7 +23,7 @@ from qift_hw.core.shapes import ModelShape, load_model_shape
 from qift_hw.sim import cycle_model, dataflow, scalesim_compat
 from qift_hw.sim.arch import Arch, PRESETS_DIR, load_arch
 from qift_hw.sim.energy import PARTS, Counts, energy_parts, hadamard_adds
-from qift_hw.sim.estimate import pe_areas
+from qift_hw.sim.pe_area import pe_areas
 from qift_hw.sim.memory import SCALE_BYTES, Operands, choose_tiling, dma_groups, dma_pipeline, packed_bytes
 from qift_hw.sim.workload import DEFAULT_LM_HEAD, Op, Workload, model_workload, weight_bytes
 
