@@ -1,7 +1,7 @@
 """Options and helpers that several commands share: one name, one help text and one default per concept.
 
-Defaults that belong to a library dataclass (QuantConfig, the architecture file's Arch) or to `core.formats` are not repeated here:
-those options default to None and the command reads the library's default when it builds the config, so
+Defaults that belong to a library dataclass (QuantConfig, the architecture file's Arch) or to `core.formats` are
+not repeated here: those options default to None and the command reads the library's default when it builds the config, so
 `--help` stays fast (no torch import) and the value is defined once.
 """
 
