@@ -8,7 +8,9 @@ round are what to compare):
 2. a 1,000-point sweep (LLaMA-2-7B: 5 array heights x 5 widths x 5 DRAM bandwidths x 4 formats x 2 phases) through
    ``qift_hw.study.explore.run_explore`` on a new local cluster of ``--workers`` processes with an empty cache:
    what a user waits for, cluster start and worker imports included (target < 60 s on two cores); then the same
-   sweep again from the cache (target < 5 s), then the outputs (table, plots);
+   sweep again from the cache (target < 5 s), then the outputs (table, plots), then the whole command
+   `qift-hw explore` on the cached grid in a new process (imports and outputs included), and how much of that
+   a new process spends importing `qift_hw.sim.arch` (the `qift_hw.sim` package imports torch and numba);
 3. Dask's cost per point: over ``--overhead-points`` points, in alternating rounds on one warm cluster, a plain
    loop of ``estimate_point`` in this process, the same points through Dask with one point per task, and with the
    runner's automatic chunks (wall time per point, and its ratio to the loop's within each round); and a function
@@ -23,9 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = {
@@ -95,6 +101,17 @@ def bench_sweep(workers: int, cache: Path, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     write_outputs(out_dir, df, run, grid, ppl)
     res["outputs_s"] = time.perf_counter() - t0
+    grid_file = out_dir / "bench_1000.yaml"
+    grid_file.write_text(yaml.safe_dump({**SWEEP, "cache": str(cache)}, sort_keys=False))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "qift_hw", "explore", str(grid_file), "--out", str(out_dir / "cli"),
+                           "--workers", str(workers), "--no-progress"], capture_output=True, text=True, timeout=600)
+    res["cli_cached_s"] = time.perf_counter() - t0
+    res["cli_cached_said"] = proc.stderr.splitlines()[:1]
+    res["cli_cached_exit"] = proc.returncode
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import qift_hw.sim.arch"], check=True, timeout=600)
+    res["new_process_import_sim_arch_s"] = time.perf_counter() - t0  # qift_hw.sim's package import (torch, numba)
     res["rows"] = len(df)
     res["load_after"] = loadavg()
     return res
@@ -162,7 +179,8 @@ def main() -> None:
         result["sweep"] = bench_sweep(args.workers, Path(tmp) / "cache", Path(tmp) / "out")
     s = result["sweep"]
     print(f"sweep: {s['points']} points cold {s['cold_s']:.1f} s, cached {s['cached_s']:.2f} s, outputs "
-          f"{s['outputs_s']:.1f} s, load {s['load_after']}")
+          f"{s['outputs_s']:.1f} s, whole command cached {s['cli_cached_s']:.1f} s (of which importing qift_hw.sim "
+          f"{s['new_process_import_sim_arch_s']:.1f} s), load {s['load_after']}")
     result["overhead"] = bench_overhead(args.workers, args.overhead_points, args.rounds)
     o = result["overhead"]
     print("wall per point (ms):", {k: round(v["median_ms"], 3) for k, v in o["wall_per_point"].items()},
