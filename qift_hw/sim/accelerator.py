@@ -292,7 +292,7 @@ def estimate(arch: Arch, shape: ModelShape, levels: Sequence[str | Mapping[str, 
 def estimate_point(point: Mapping) -> list[dict]:
     """One design point of a sweep: ``{"arch": preset or path, "set": {dotted: value}, "model": name or config
     path, "levels": level set or map, "phase", "seqlen", "context", "batch"}`` (optional ``lm_head``,
-    ``attention``) -> its summary rows, with the point's parameters as columns too (``set`` keys as dotted
+    ``attention``, ``label``: the format name of a map) -> its summary rows, with the point's parameters as columns too (``set`` keys as dotted
     columns, ``levels`` as its label)."""
     sets = dict(point.get("set") or {})
     arch = load_arch(point.get("arch"), sets)
@@ -301,7 +301,8 @@ def estimate_point(point: Mapping) -> list[dict]:
     phase = point.get("phase", "decode")
     res = estimate(arch, shape, [levels], seqlen=int(point.get("seqlen", 512)), context=point.get("context"),
                    batch=int(point.get("batch", 1)), lm_head=point.get("lm_head", DEFAULT_LM_HEAD),
-                   attention=bool(point.get("attention", True)), phases=(phase,))
+                   attention=bool(point.get("attention", True)), phases=(phase,),
+                   labels=[point["label"]] if point.get("label") else None)
     extra = {"levels": levels if isinstance(levels, str) else json.dumps(levels, sort_keys=True),
              "arch_source": str(point.get("arch")), **sets}
     return [{**row, **extra} for row in res["summary"]]
