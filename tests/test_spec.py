@@ -1,0 +1,255 @@
+"""Run specs: schema errors, --set overrides, expansion against itertools.product, the shipped presets against
+`eval --table`, a tiny end-to-end grid on Dask against the direct call (and its cached rerun), aggregation
+against numpy/scipy written here."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from qift_hw.core.errors import QiftError
+from qift_hw.study import points as points_mod
+from qift_hw.study import spec as S
+from qift_hw.study import tidy
+
+SPECS = Path(__file__).resolve().parents[1] / "sim" / "specs"
+CALLS: list[dict] = []
+_LOCK = threading.Lock()
+
+
+def counted_run_point(point):
+    """`run_point`, counting its calls (the in-process worker shares this list)."""
+    with _LOCK:
+        CALLS.append(dict(point))
+    return points_mod.run_point(point)
+
+
+def base(**extra):
+    return {"points": [{"levels": "mnz"}], **extra}
+
+
+# --- schema -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, words", [
+    (base(colour="red"), ["unknown field colour"]),
+    ({"points": [{"levels": "mnz", "bitz": 2}]}, ["unknown field points.0.bitz"]),
+    ({"points": [{"methods": "gptx"}]}, ["points.0.methods.0", "'gptq' or 'rtn'", "gptx"]),
+    ({"points": [{"levels": "mzn"}]}, ["points.0.levels.0", "unknown level set", "pot_mnz"]),
+    ({"points": [{"levels": "int4"}]}, ["points.0.levels.0", "2-bit"]),
+    ({"points": [{"w2_layers": "middle:3"}]}, ["points.0.w2_layers.0"]),
+    (base(calibration={"seeds": []}), ["calibration.seeds is an empty list"]),
+    ({"points": []}, ["points is an empty list"]),
+    (base(backend="gpu"), ["backend", "'torch', 'int' or 'sim'"]),
+    (base(device="tpu"), ["device"]),
+    (base(evaluation={"tasks": ["lambada_local"]}), ["evaluation.tasks", "qift_hw.study.tasks"]),
+])
+def test_bad_spec_is_one_line_naming_the_field(data, words):
+    with pytest.raises(QiftError) as err:
+        S.parse_spec(data, "spec x.yaml")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("spec x.yaml")
+    for w in words:
+        assert w in msg
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(QiftError, match="cannot read spec file"):
+        S.load_spec(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("points: [\n")
+    with pytest.raises(QiftError, match="not valid YAML at line"):
+        S.load_spec(tmp_path / "bad.yaml")
+    with pytest.raises(QiftError, match="no such file or folder"):
+        S.check_model_source("./no/such/model")
+    S.check_model_source("smollm2")
+
+
+def test_overrides_replace_fields():
+    data = base(calibration={"windows": 64})
+    spec = S.parse_spec(data, overrides=["calibration.seeds=[3, 4]", "points.0.levels=[std, nf2]",
+                                         "evaluation.windows=5", "backend=int"])
+    assert spec.calibration.seeds == [3, 4] and spec.calibration.windows == 64
+    assert spec.points[0].levels == ["std", "nf2"] and spec.evaluation.windows == 5 and spec.backend == "int"
+    assert data["calibration"] == {"windows": 64}  # the parsed file is not changed
+    with pytest.raises(QiftError, match="points has 1 item"):
+        S.parse_spec(data, overrides=["points.3.levels=std"])
+    with pytest.raises(QiftError, match="FIELD=VALUE"):
+        S.parse_spec(data, overrides=["calibration.seeds"])
+    with pytest.raises(QiftError, match="unknown field calibration.sedes"):
+        S.parse_spec(data, overrides=["calibration.sedes=[1]"])
+
+
+def test_resolved_spec_round_trips():
+    spec = S.parse_spec(base(calibration={"seeds": [1, 2]}))
+    again = S.parse_spec(yaml.safe_load(S.resolved_yaml(spec)))
+    assert again == spec and again.calibration.windows == 128
+
+
+# --- expansion --------------------------------------------------------------------------------------------------
+
+def test_expansion_is_points_times_seeds():
+    group = {"levels": ["std", "mnz"], "methods": ["rtn", "gptq"], "w2_layers": ["all", "last:2"],
+             "a_bits": [4, 16], "calib_windows": [8, 16], "rotation_seeds": [0, 5]}
+    seeds = [0, 1, 2]
+    spec = S.parse_spec({"points": [{"kind": "fp"}, group], "calibration": {"seeds": seeds}})
+    got = [(p["config"]["w2_layers"], p["config"]["a_bits"], p["config"]["calib_windows"], p["config"]["method"],
+            p["config"]["levels"], p["calib_seed"], p["rotation_seed"]) for p in S.expand(spec)[1:]]
+    want = list(itertools.product(group["w2_layers"], group["a_bits"], group["calib_windows"], group["methods"],
+                                  group["levels"], seeds, group["rotation_seeds"]))
+    assert got == want
+    pts = S.expand(spec)
+    assert pts[0]["kind"] == "fp" and pts[0]["calib_seed"] is None and pts[0]["config"] is None
+    ids = {p["point_id"] for p in pts[1:]}
+    assert len(ids) == len(want) // (len(seeds) * len(group["rotation_seeds"]))  # seeds share the point id
+    assert len({str(S.identity(p)) for p in pts}) == len(pts)
+
+
+@pytest.mark.parametrize("name", ["demo", "full"])
+def test_shipped_preset_specs_equal_eval_table(name):
+    from qift_hw.study.experiments import preset_points
+
+    spec = S.load_spec(SPECS / f"{name}.yaml")
+    ref = preset_points(name, S.base_config(spec))
+    got = S.expand(spec)
+    assert [(p["label"], p["kind"]) for p in got] == [(p.label, p.kind) for p in ref]
+    for p, r in zip(got, ref):
+        if r.config is None:
+            assert p["config"] is None
+        else:
+            assert {k: v for k, v in p["config"].items() if k not in ("device", "batch_size")} == r.config.identity()
+
+
+def test_shipped_specs_load():
+    seeds = S.expand(S.load_spec(SPECS / "seeds.yaml"))
+    w2 = [p for p in seeds if p["kind"] == "quant" and p["config"]["w2_layers"] == "all"]
+    assert len(w2) == 7 * 3 and {p["calib_seed"] for p in w2} == {0, 1, 2}
+    curve = S.expand(S.load_spec(SPECS / "calib_curve.yaml"))
+    assert sorted({p["config"]["calib_windows"] for p in curve}) == [8, 16, 32, 64, 128]
+    assert {p["config"]["levels"] for p in curve} == {"std", "mnz", "pot_mnz"} and len(curve) == 45
+
+
+# --- aggregation ------------------------------------------------------------------------------------------------
+
+def test_aggregate_against_numpy():
+    import pandas as pd
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    rows, want = [], {}
+    for pid, n in (("a", 3), ("b", 5), ("c", 1)):
+        vals = rng.normal(50, 5, n)
+        rows += [{"point_id": pid, "label": pid, "ppl": v} for v in vals]
+        want[pid] = vals
+    rows.append({"point_id": "b", "label": "b", "ppl": math.nan})  # a failed seed
+    agg = tidy.aggregate(pd.DataFrame(rows)).set_index("point_id")
+    for pid, vals in want.items():
+        r = agg.loc[pid]
+        assert r["n"] == len(vals) and r["mean"] == pytest.approx(np.mean(vals))
+        if len(vals) > 1:
+            sd = np.std(vals, ddof=1)
+            lo, hi = stats.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=sd / np.sqrt(len(vals)))
+            assert r["std"] == pytest.approx(sd) and r["ci95"] == pytest.approx((hi - lo) / 2)
+        else:
+            assert math.isnan(r["std"]) and math.isnan(r["ci95"])
+    assert agg.loc["b", "seeds"] == 6 and agg.loc["b", "n"] == 5
+
+
+# --- end to end on a tiny model ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A saved 2-layer tiny LLaMA with a word tokenizer, and a text of its words."""
+    from test_stats import _save_word_tokenizer
+
+    from qift_hw.algo.models import tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_llama(seed=0, hidden=64, intermediate=128, layers=2).save_pretrained(folder / "model")
+    _save_word_tokenizer(folder / "model")
+    words = np.random.default_rng(1).integers(0, 100, 4000)
+    (folder / "text.txt").write_text(" ".join(f"w{i}" for i in words))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0")
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def test_tiny_grid_equals_direct_call_and_reruns_from_cache(tiny, tmp_path, client):
+    import torch
+
+    from qift_hw.algo.config import QuantConfig
+    from qift_hw.algo.data import get_windows
+    from qift_hw.algo.models import load_model
+    from qift_hw.study.experiments import Point, run_points
+    from qift_hw.study.grid import run_grid
+
+    data = {"model": str(tiny / "model"), "text": str(tiny / "text.txt"), "cache": None, "run_root": None,
+            "calibration": {"windows": 4, "seqlen": 16, "seeds": [0, 1]},
+            "evaluation": {"windows": 3, "seqlen": 16},
+            "points": [{"kind": "fp"},
+                       {"levels": ["mnz", "std"], "methods": "rtn", "w2_layers": "all", "a_bits": 4, "kv_bits": 4}]}
+    spec = S.parse_spec(data)
+    pts = S.expand(spec)
+    assert len(pts) == 1 + 2 * 2
+    CALLS.clear()
+    points_mod.LOADS.clear()
+    run = run_grid(counted_run_point, pts, cache_dir=tmp_path / "cache", identity=S.identity, client=client,
+                   code="test", progress=False)
+    assert run.failed == 0 and len(CALLS) == len(pts) and run.computed == len(pts)
+    assert points_mod.LOADS == [str((tiny / "model").resolve())]  # one model load for all points of the worker
+
+    model, tok = load_model(str(tiny / "model"))
+    ev = get_windows(tok, str(tiny / "text.txt"), "eval", 16, 3)
+    for res in run.results[1:]:
+        p = res.point
+        cfg = QuantConfig(levels=p["config"]["levels"], method="rtn", w2_layers="all", a_bits=4, kv_bits=4,
+                          calib_source=str(tiny / "text.txt"), calib_windows=4, calib_seqlen=16,
+                          calib_seed=p["calib_seed"])
+        (direct,) = run_points([Point(cfg.label(), "quant", cfg)], model, tok, ev, progress=False)
+        assert res.rows[0]["ppl"] == pytest.approx(direct["ppl"], rel=1e-6)
+    with torch.no_grad():
+        from qift_hw.algo.evaluate import evaluate_ppl
+        assert run.results[0].rows[0]["ppl"] == pytest.approx(evaluate_ppl(model, ev, progress=False), rel=1e-6)
+
+    CALLS.clear()
+    again = run_grid(counted_run_point, pts, cache_dir=tmp_path / "cache", identity=S.identity, client=client,
+                     code="test", progress=False)
+    assert CALLS == [] and again.cached == len(pts)
+    assert [r.rows for r in again.results] == [r.rows for r in run.results]
+
+    df = tidy.long_table(again)
+    assert len(df) == len(pts) and list(df["calib_seed"].iloc[1:]) == [0, 1, 0, 1]
+    agg = tidy.aggregate(df)
+    assert list(agg["n"]) == [1, 2, 2] and list(agg["setting"]) == ["W16A16", "W2A4KV4", "W2A4KV4"]
+    paths = tidy.write_outputs(tmp_path / "out", df, agg, again, S.resolved_yaml(spec), "tiny.yaml")
+    names = {p.name for p in paths}
+    assert set(tidy.FILES) <= names and "ppl_levels.png" in names
+    assert "| mnz rtn W2A4KV4 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_unloadable_model_fails_its_points_only(tiny, tmp_path, client):
+    from qift_hw.study.grid import run_grid
+
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    good = S.expand(S.parse_spec({"model": str(tiny / "model"), "text": str(tiny / "text.txt"),
+                                  "evaluation": {"windows": 2, "seqlen": 16}, "points": [{"kind": "fp"}]}))
+    broken = [{**good[0], "model": str(bad)}]
+    run = run_grid(points_mod.run_point, good + broken, cache_dir=tmp_path / "cache", identity=S.identity,
+                   client=client, code="test", progress=False)
+    assert run.results[0].error is None and run.results[1].error.startswith("QiftError: cannot load model")
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1  # the finished point is kept
