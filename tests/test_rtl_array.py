@@ -54,6 +54,37 @@ def test_saturating_accumulation(dataflow):
     assert out[0, 1] == 511 - 4 * 32 and ovf[0, 1]
 
 
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+def test_overflow_case_saturates_every_pe_both_ways(dataflow):
+    """The suite's overflow GEMM (cases.overflow_gemm) makes an add saturate at every PE position of a 4x4 array,
+    at the high and at the low rail; the RTL's results and flags for it equal the written-out saturating sum."""
+    from qift_hw.verify.cases import overflow_gemm, saturation_sites
+
+    a, w = overflow_gemm()
+    sites = saturation_sites(a, w, "pot_mnz", 10, dataflow, 4, 4)
+    assert sites.all(), np.argwhere(~sites)
+    gt = gemm_trace(dataflow, a, w, 4, 4, "pot_mnz", 10)
+    dut = make_array(dataflow, 4, 4, "pot_mnz", 10)
+    obs, errors = replay_amaranth(dut, gt.trace)
+    assert not errors, errors[:3]
+    v, o, _ = result_port(dataflow)
+    out, ovf = assemble(gt, unpack_rows(obs[v], v, dut.lanes()), unpack_rows(obs[o], o, dut.lanes()))
+    ref, ref_ovf = direct_reference(a, w, "pot_mnz", 10)
+    assert np.array_equal(out, ref) and np.array_equal(ovf, ref_ovf)
+    assert {511, -512} <= set(out.ravel().tolist())
+
+
+def test_saturation_sites_by_hand():
+    """One chain of +32 adds on a 10-bit accumulator saturates from the 16th add (k = 15) on: WS row k mod R."""
+    from qift_hw.verify.cases import saturation_sites
+
+    a, w = np.full((1, 18), -8), np.full((1, 18), 3)
+    ws = saturation_sites(a, w, "pot_mnz", 10, "ws", 4, 2)
+    assert ws[:, 0, 0].tolist() == [True, True, False, True] and not ws[:, :, 1].any() and not ws[:, 1].any()
+    os_ = saturation_sites(a, w, "pot_mnz", 10, "os", 4, 2)
+    assert os_.sum() == 1 and os_[0, 0, 0]
+
+
 def test_trace_mismatch_is_caught():
     """The checker is live: one corrupted expected output value is reported at its cycle."""
     rng = np.random.default_rng(0)

@@ -94,6 +94,50 @@ def direct_reference(acts: np.ndarray, codes: np.ndarray, level_set: str, acc_bi
     return out, ovf
 
 
+def saturation_sites(acts: np.ndarray, codes: np.ndarray, level_set: str, acc_bits: int, dataflow: str,
+                     rows: int, cols: int) -> np.ndarray:
+    """bool [rows, cols, 2]: PE position x direction (0 = high rail, 1 = low rail) where some add of the GEMM
+    saturates, by the formats' rule (sequential saturating sum in ascending k). The add for k of output (m, n) is
+    done by PE(k mod R, n mod C) in WS and by PE(m mod R, n mod C) in OS; its flag travels to ``ovf_out``."""
+    w = _int_weights(codes, level_set)
+    a = np.asarray(acts, dtype=np.int64)
+    lo, hi = formats.acc_range(acc_bits)
+    sites = np.zeros((rows, cols, 2), dtype=bool)
+    for m in range(a.shape[0]):
+        for n in range(w.shape[0]):
+            acc = 0
+            for k, p in enumerate(a[m] * w[n]):
+                exact = acc + int(p)
+                acc = min(max(exact, lo), hi)
+                if exact != acc:
+                    r = k % rows if dataflow == "ws" else m % rows
+                    sites[r, n % cols, int(exact < lo)] = True
+    return sites
+
+
+def overflow_gemm(K: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(acts [8, K], PoT-MNZ codes [8, K]) that saturate a 10-bit accumulator at every PE position of a 4x4 array
+    in both directions and both dataflows: rows 0-3 (-8 or +7 on every k) against codes that run one way for 24
+    adds and back for the rest (+-32 or +-28 per add), so every chain reaches one rail, stays on it for at least
+    R adds, comes back and reaches the other rail for at least R adds; rows 4-7 mix the signs (alternating,
+    half and half, a lone extreme) for sums that saturate and come back without reaching the other rail."""
+    lo_a, hi_a = formats.ACT_QMIN, formats.ACT_QMAX
+    half = K // 2
+    acts = np.empty((8, K), dtype=np.int64)
+    acts[0], acts[1], acts[2], acts[3] = lo_a, hi_a, lo_a, hi_a
+    acts[4, ::2], acts[4, 1::2] = lo_a, hi_a
+    acts[5, :half], acts[5, half:] = lo_a, hi_a
+    acts[6] = 0
+    acts[6, K - 1] = lo_a
+    acts[7, :half], acts[7, half:] = hi_a, 0
+    up, down = 3, 1  # PoT-MNZ codes -4 and +4: x -8 gives +32 and -32
+    codes = np.empty((8, K), dtype=np.int64)
+    codes[:4, :24], codes[:4, 24:] = up, down
+    codes[4:, :24], codes[4:, 24:] = down, up
+    codes[6, ::3] = 0
+    return acts, codes
+
+
 def _observed(summary: dict, name: str, lanes: dict, rows: int) -> np.ndarray:
     from qift_hw.verify.replay import unpack_rows
 
@@ -151,11 +195,12 @@ def array_case(name: str, dataflow: str, rows: int, cols: int, acts: np.ndarray,
         "positions": [int((hits.sum(axis=(2, 3)) > 0).sum()), rows * cols],
         "position_cross_min": int((hits > 0).sum(axis=(2, 3)).min()),
         "_cross": hits.sum(axis=(0, 1)) > 0,
-        "saturated_outputs": 0, "stall_cycles": int((~np.asarray(gt.trace["en"], dtype=bool)).sum()),
+        "saturated_outputs": 0, "saturation_sites": [0, 2 * rows * cols], "stall_cycles": int((~np.asarray(gt.trace["en"], dtype=bool)).sum()),
         "reset": reset_frac is not None,
         "padding": bool((K % rows if dataflow == "ws" else M % rows) or N % cols),
     }
     cov["saturated_outputs"] = int(direct_reference(acts, codes, level_set, acc_bits)[1].sum())
+    cov["saturation_sites"][0] = int(saturation_sites(acts, codes, level_set, acc_bits, dataflow, rows, cols).sum())
     reset_at = None if reset_frac is None else max(1, int(n_rows * reset_frac))
     stim = {"lanes": lanes, **gt.trace}
     return Case(name, top, stim, check, gt.cycles, expected, {}, reset_at, cov, note)
@@ -292,14 +337,10 @@ def default_cases(quick: bool = False, seed: int = 0) -> list[Case]:
                                 note=f"real SmolLM2 codes/activations ({str(tiles['source'])})"))
         cases.append(hadamard_case("hadamard_q4_64_smollm2", 64, tiles["had_in"][:12, :64], quantize=True,
                                    note="real SmolLM2 query heads (block-FP mantissas), n = 64, + INT4 quantizer"))
-    edge_a = np.full((4, 24), formats.ACT_QMIN)
-    edge_a[1] = formats.ACT_QMAX
-    edge_a[2, ::2] = formats.ACT_QMIN
-    edge_a[2, 1::2] = formats.ACT_QMAX
-    edge_a[3, :12] = formats.ACT_QMIN
-    edge_w = np.array([[3] * 24, [1] * 24, [3] * 12 + [1] * 12, [1] * 12 + [3] * 12, [0, 2] * 12])
+    edge_a, edge_w = overflow_gemm()
     cases.append(array_case("ws_overflow_a10", "ws", 4, 4, edge_a, edge_w, acc_bits=10, seed=seed,
-                            note="-8 / +7 activations x largest codes on a 10-bit accumulator: saturation"))
+                            note="-8 / +7 activations x largest codes on a 10-bit accumulator: every PE position saturates at both "
+                                 "rails"))
     cases.append(array_case("os_overflow_a10", "os", 4, 4, edge_a, edge_w, acc_bits=10, seed=seed,
                             note="the same on the output-stationary array"))
     for level_set, df in (("std", "ws"), ("mnz", "os"), ("pm12", "ws")):
