@@ -142,3 +142,57 @@ def test_shared_input_is_not_reused_after_an_in_place_change():
     shared.put(x, ("k",), out)
     assert shared.get(x, ("k",)) is out and shared.get(x, ("k",)) is out
     assert shared.src is None  # used by both other members: dropped
+
+
+@pytest.mark.parametrize("shape", [(7, 1536), (3, 576), (5, 64), (4, 12), (0, 1536)])
+def test_unit_quantize_equals_the_hadamard_unit(shape):
+    from qift_hw.bridge.sim_backend import unit_quantize
+    from qift_hw.sim.hadamard_unit import hadamard_quantize
+
+    gen = torch.Generator().manual_seed(shape[-1])
+    x = torch.randn(shape, generator=gen) * torch.logspace(-3, 3, shape[0]).reshape(-1, 1)
+    if shape[0] > 2:
+        x[1] = 0.0
+        x[2, ::3] = 0.0
+    q_new, s_new = unit_quantize(x, 4, 0.9)
+    q_ref, s_ref = hadamard_quantize(x, 4, 0.9)
+    assert torch.equal(q_new, q_ref) and torch.equal(s_new, s_ref)
+
+
+def _simlinear_forward(q, sim):
+    """The previous backend forward: capture, then SimLinear.__call__ on every linear separately."""
+    def forward(x):
+        if q.capture is not None:
+            q.capture(q.transform_input(x).reshape(-1, x.shape[-1]))
+        return sim(x)
+    return forward
+
+
+@pytest.mark.parametrize("hadamard", ["unit", "float"])
+def test_sim_backend_forward_equals_simlinear_calls(hadamard):
+    from qift_hw.algo.config import QuantConfig
+    from qift_hw.algo.models import tiny_llama
+    from qift_hw.algo.qmodel import iter_qlinears
+    from qift_hw.algo.quantize import quantize_model
+    from qift_hw.bridge.sim_backend import SIM_ATTR, install_sim_backend, remove_sim_backend
+
+    model = tiny_llama(seed=6, layers=2, hidden=48, intermediate=96)
+    qm = quantize_model(model, None, QuantConfig(levels="pot_mnz", method="rtn"), progress=False)
+    ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert len(install_sim_backend(model, qm.weights, hadamard=hadamard)) == 14
+        sims = {name: getattr(q, SIM_ATTR) for name, q in iter_qlinears(model)}
+        new = model(input_ids=ids, use_cache=False).logits
+        for _, q in iter_qlinears(model):
+            q.forward = _simlinear_forward(q, getattr(q, SIM_ATTR))
+        old = model(input_ids=ids, use_cache=False).logits
+        assert remove_sim_backend(model) == 14
+        install_sim_backend(model, qm.weights, hadamard=hadamard)
+        assert all(getattr(q, SIM_ATTR) is sims[name] for name, q in iter_qlinears(model)), "prepared once"
+        remove_sim_backend(model)
+        ql = qm.weights["model.layers.0.self_attn.q_proj"]
+        ql.params.scale.mul_(2)
+        install_sim_backend(model, qm.weights, hadamard=hadamard)
+        assert getattr(model.model.layers[0].self_attn.q_proj, SIM_ATTR) is not sims["model.layers.0.self_attn.q_proj"]
+        remove_sim_backend(model)
+    assert torch.equal(new, old)

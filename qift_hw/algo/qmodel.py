@@ -67,11 +67,16 @@ class SharedInput:
         self.src: torch.Tensor | None = None
         self.out: torch.Tensor | None = None
         self.key: tuple = ()
-        self.versions: tuple[int, int] = (-1, -1)
+        self.versions: tuple[int, ...] = ()
         self.left = 0
 
-    def get(self, x: torch.Tensor, key: tuple) -> torch.Tensor | None:
-        if self.src is not x or self.key != key or self.versions != (x._version, self.out._version):
+    @staticmethod
+    def _versions(x: torch.Tensor, out) -> tuple[int, ...]:
+        return (x._version, *(t._version for t in (out if isinstance(out, tuple) else (out,))))
+
+    def get(self, x: torch.Tensor, key: tuple):
+        """The value put for this very input and key (a tensor or a tuple of tensors), or None."""
+        if self.src is not x or self.key != key or self.versions != self._versions(x, self.out):
             return None
         out = self.out
         self.left -= 1
@@ -79,9 +84,9 @@ class SharedInput:
             self.clear()
         return out
 
-    def put(self, x: torch.Tensor, key: tuple, out: torch.Tensor) -> None:
+    def put(self, x: torch.Tensor, key: tuple, out) -> None:
         self.src, self.out, self.key, self.left = x, out, key, self.size - 1
-        self.versions = (x._version, out._version)
+        self.versions = self._versions(x, out)
 
 
 class QLinear(nn.Linear):

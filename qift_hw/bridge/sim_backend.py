@@ -8,6 +8,7 @@ online Hadamard (Hadamard unit), INT4 quantizer, sign/shift/add accumulation, FP
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -49,11 +50,12 @@ def install_sim_backend(model: Any, weights: dict, hadamard: str = "unit", acc_b
     """Route the W2 QLinears of ``model`` (names in ``weights``, a pipeline QuantizedModel.weights dict) through
     the integer model. Other layers (INT4/INT3 mixed-precision layers, lm_head) keep the fake-quant path.
     Returns the names of the layers now simulated. ``remove_sim_backend`` undoes it.
+
+    The prepared weights stay with the codes tensor (`_prepared`): installing the same weights again is free.
     """
     from qift_hw.core import formats
     from qift_hw.core.errors import QiftError
     from qift_hw.algo.qmodel import iter_qlinears
-    from qift_hw.sim.linear import SimLinear
 
     done = []
     for name, q in iter_qlinears(model):
@@ -63,22 +65,89 @@ def install_sim_backend(model: Any, weights: dict, hadamard: str = "unit", acc_b
         if q.a_bits != formats.ACT_BITS:
             raise QiftError(f"{name}: the integer model needs INT{formats.ACT_BITS} activations, the layer has "
                             f"a_bits={q.a_bits}; quantize with --a-bits {formats.ACT_BITS}")
-        sim = SimLinear.from_codes(ql.codes.cpu(), ql.params.scale.cpu(), ql.level_set,
-                                   online_hadamard=q.online_hadamard,
-                                   bias=None if q.bias is None else q.bias.detach().cpu(), a_bits=q.a_bits,
-                                   a_clip=q.a_clip, acc_bits=acc_bits or formats.ACC_BITS, overflow=overflow,
-                                   hadamard=hadamard)
+        sim = _prepared(ql, q, hadamard, acc_bits or formats.ACC_BITS, overflow)
         setattr(q, SIM_ATTR, sim)
         q.forward = _sim_forward(q, sim)
         done.append(name)
     return done
 
 
+@functools.cache
+def _prepared_cache() -> Any:
+    """codes tensor -> (settings, tensors, SimLinear): the prepared weights of codes that are still alive."""
+    from torch.utils.weak import WeakTensorKeyDictionary
+
+    return WeakTensorKeyDictionary()
+
+
+def _prepared(ql: Any, q: Any, hadamard: str, acc_bits: int, overflow: str) -> Any:
+    """The SimLinear of a quantized linear with its layer's settings, built once per codes tensor and settings
+    (tensors by identity and version counter)."""
+    from qift_hw.sim.linear import SimLinear
+
+    tensors = [t for t in (ql.params.scale, q.bias) if t is not None]  # never the codes: they are the weak key
+    settings = (ql.level_set.name, q.online_hadamard, q.a_bits, q.a_clip, acc_bits, overflow, hadamard,
+                ql.codes._version, tuple(id(t) for t in tensors), tuple(t._version for t in tensors))
+    cache = _prepared_cache()
+    hit = cache.get(ql.codes)
+    if hit is not None and hit[0] == settings:
+        return hit[2]
+    sim = SimLinear.from_codes(ql.codes.cpu(), ql.params.scale.cpu(), ql.level_set, online_hadamard=q.online_hadamard,
+                               bias=None if q.bias is None else q.bias.detach().cpu(), a_bits=q.a_bits,
+                               a_clip=q.a_clip, acc_bits=acc_bits, overflow=overflow, hadamard=hadamard)
+    cache[ql.codes] = (settings, tensors, sim)  # holding the tensors keeps their ids unique
+    return sim
+
+
+def unit_quantize(x: Any, bits: int, clip: float) -> tuple[Any, Any]:
+    """`sim.hadamard_unit.hadamard_quantize`, with the unit's integers H_n m computed by
+    `core.hadamard.hadamard_transform` on the int64 mantissas instead of a scalar loop.
+
+    Every step of the unit is exact integer arithmetic, so any exact evaluation of H_n m gives the same integers,
+    hence the same INT4 codes and scales. The output is checked against the unit's width (formats.had_out_bits).
+    """
+    import torch
+
+    from qift_hw.core import formats
+    from qift_hw.core.hadamard import hadamard_transform, split_order
+
+    mant, exp = formats.had_input_fixed(x)
+    y = hadamard_transform(mant.to(torch.int64), normalize=False)
+    bits_out = formats.had_out_bits(*split_order(x.shape[-1]))
+    if y.numel() and int(y.abs().max()) >= 2 ** (bits_out - 1):
+        raise AssertionError(f"Hadamard unit output outside its {bits_out}-bit range; the bit-growth rule is broken")
+    return formats.had_output_quant(y, exp, x.shape[-1], bits, clip)
+
+
+def _front_end(sim: Any, xf: Any) -> tuple[Any, Any]:
+    """INT4 codes and scales of the FP32 input [T, K], as `SimLinear.quantize_input` makes them."""
+    if sim.online_hadamard and sim.hadamard == "unit":
+        return unit_quantize(xf, sim.a_bits, sim.a_clip)
+    return sim.quantize_input(xf)
+
+
 def _sim_forward(q: Any, sim: Any):
+    """The QLinear forward through the integer model (`SimLinear.__call__`'s steps), with the INT4 front end done
+    once per group of linears that read the same input (the QLinear's `shared_input`)."""
+    import torch
+
+    from qift_hw.core import formats
+
+    key = ("sim", sim.online_hadamard, sim.hadamard, sim.a_bits, sim.a_clip)
+
     def forward(x):
         if q.capture is not None:
             q.capture(q.transform_input(x).reshape(-1, x.shape[-1]))
-        return sim(x)
+        shared = q.shared_input
+        codes = None if shared is None else shared.get(x, key)
+        if codes is None:
+            codes = _front_end(sim, x.detach().reshape(-1, x.shape[-1]).to("cpu", formats.SCALE_DTYPE))
+            if shared is not None:
+                shared.put(x, key, codes)
+        acts, s_a = codes
+        acc = torch.from_numpy(sim.accumulate(acts))
+        y = formats.dequantize_acc(acc, s_a, sim.w_scale, sim.weights.level_set, sim.bias)
+        return y.reshape(*x.shape[:-1], -1).to(device=x.device, dtype=x.dtype)
 
     return forward
 
