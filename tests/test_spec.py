@@ -99,13 +99,14 @@ def test_expansion_is_points_times_seeds():
     spec = S.parse_spec({"points": [{"kind": "fp"}, group], "calibration": {"seeds": seeds}})
     got = [(p["config"]["w2_layers"], p["config"]["a_bits"], p["config"]["calib_windows"], p["config"]["method"],
             p["config"]["levels"], p["calib_seed"], p["rotation_seed"]) for p in S.expand(spec)[1:]]
-    want = list(itertools.product(group["w2_layers"], group["a_bits"], group["calib_windows"], group["methods"],
-                                  group["levels"], seeds, group["rotation_seeds"]))
+    want = [(w2, a, cw, m, lv, cs if m == "gptq" else None, rs) for w2, a, cw, m, lv, cs, rs in itertools.product(
+        group["w2_layers"], group["a_bits"], group["calib_windows"], group["methods"], group["levels"], seeds,
+        group["rotation_seeds"]) if m == "gptq" or cs == seeds[0]]  # RTN with a fixed map reads no calibration
     assert got == want
     pts = S.expand(spec)
     assert pts[0]["kind"] == "fp" and pts[0]["calib_seed"] is None and pts[0]["config"] is None
     ids = {p["point_id"] for p in pts[1:]}
-    assert len(ids) == len(want) // (len(seeds) * len(group["rotation_seeds"]))  # seeds share the point id
+    assert len(ids) == len({w[:5] for w in want})  # the seeds of a point share its id
     assert len({str(S.identity(p)) for p in pts}) == len(pts)
 
 
@@ -200,10 +201,12 @@ def test_tiny_grid_equals_direct_call_and_reruns_from_cache(tiny, tmp_path, clie
             "calibration": {"windows": 4, "seqlen": 16, "seeds": [0, 1]},
             "evaluation": {"windows": 3, "seqlen": 16},
             "points": [{"kind": "fp"},
-                       {"levels": ["mnz", "std"], "methods": "rtn", "w2_layers": "all", "a_bits": 4, "kv_bits": 4}]}
+                       {"levels": ["mnz", "std"], "methods": "rtn", "w2_layers": "all", "a_bits": 4, "kv_bits": 4},
+                       {"levels": "mnz", "methods": "gptq", "w2_layers": "last:1", "other_bits": 16,
+                        "calib_windows": 2}]}
     spec = S.parse_spec(data)
     pts = S.expand(spec)
-    assert len(pts) == 1 + 2 * 2
+    assert len(pts) == 1 + 2 + 2  # RTN reads no calibration: once, not once per calibration seed
     CALLS.clear()
     points_mod.LOADS.clear()
     run = run_grid(counted_run_point, pts, cache_dir=tmp_path / "cache", identity=S.identity, client=client,
@@ -213,11 +216,12 @@ def test_tiny_grid_equals_direct_call_and_reruns_from_cache(tiny, tmp_path, clie
 
     model, tok = load_model(str(tiny / "model"))
     ev = get_windows(tok, str(tiny / "text.txt"), "eval", 16, 3)
-    for res in run.results[1:]:
-        p = res.point
-        cfg = QuantConfig(levels=p["config"]["levels"], method="rtn", w2_layers="all", a_bits=4, kv_bits=4,
-                          calib_source=str(tiny / "text.txt"), calib_windows=4, calib_seqlen=16,
-                          calib_seed=p["calib_seed"])
+    text = str(tiny / "text.txt")
+    configs = [QuantConfig(levels=lv, method="rtn", w2_layers="all", calib_source=text, calib_windows=4,
+                           calib_seqlen=16) for lv in ("mnz", "std")]
+    configs += [QuantConfig(levels="mnz", method="gptq", w2_layers="last:1", other_bits=16, calib_source=text,
+                            calib_windows=2, calib_seqlen=16, calib_seed=seed) for seed in (0, 1)]
+    for res, cfg in zip(run.results[1:], configs, strict=True):
         (direct,) = run_points([Point(cfg.label(), "quant", cfg)], model, tok, ev, progress=False)
         assert res.rows[0]["ppl"] == pytest.approx(direct["ppl"], rel=1e-6)
     with torch.no_grad():
@@ -231,9 +235,11 @@ def test_tiny_grid_equals_direct_call_and_reruns_from_cache(tiny, tmp_path, clie
     assert [r.rows for r in again.results] == [r.rows for r in run.results]
 
     df = tidy.long_table(again)
-    assert len(df) == len(pts) and list(df["calib_seed"].iloc[1:]) == [0, 1, 0, 1]
+    seeds = df["calib_seed"].iloc[1:]
+    assert len(df) == len(pts) and list(seeds.isna()) == [True, True, False, False] and list(seeds[2:]) == [0, 1]
     agg = tidy.aggregate(df)
-    assert list(agg["n"]) == [1, 2, 2] and list(agg["setting"]) == ["W16A16", "W2A4KV4", "W2A4KV4"]
+    assert list(agg["n"]) == [1, 1, 1, 2]
+    assert list(agg["setting"]) == ["W16A16", "W2A4KV4", "W2A4KV4", "W2[last:1]/W16A4KV4"]
     paths = tidy.write_outputs(tmp_path / "out", df, agg, again, S.resolved_yaml(spec), "tiny.yaml")
     names = {p.name for p in paths}
     assert set(tidy.FILES) <= names and "ppl_levels.png" in names

@@ -6,7 +6,7 @@ before anything runs; a failure is one QiftError naming the field (``points.2.le
 ``points`` is a list of groups; each list field of a group is an axis and the group's points are the cartesian
 product of its axes (outer to inner in `AXES` order, level set fastest), each run once per calibration seed (of
 ``calibration.seeds``) and rotation seed (``rotation_seeds``). FP points run once, rotated FP once per rotation
-seed. docs/pipeline.md ("Run specs, seeds and grids") is the reference.
+seed, RTN points with a fixed W2 map once per rotation seed (they read no calibration). docs/pipeline.md ("Run specs, seeds and grids") is the reference.
 """
 
 from __future__ import annotations
@@ -271,15 +271,23 @@ def group_configs(group: PointGroup, base: QuantConfig, seeds: Sequence[int]) ->
             cfg = replace(base, rotate=True, a_bits=a, kv_bits=kv, rotation_seed=rs)
             out.append((group.label or _rotated_label(a, kv), cfg))
         return out
-    for values in itertools.product(*axes, seeds, group.rotation_seeds):
+    for values in itertools.product(*axes):
         fields = {GROUP_FIELD.get(a, a): v for a, v in zip(AXES, values)}
-        cfg = replace(base, **fields, calib_seed=values[-2], rotation_seed=values[-1], rotate=group.rotate)
-        try:
-            cfg.validate()
-        except QiftError as exc:
-            raise QiftError(f"points: {exc}") from None
-        out.append((group.label or cfg.label(), cfg))
+        calib_seeds = seeds if uses_calibration(fields) else [_Q.calib_seed]  # unused: one run, one cache key
+        for cs, rs in itertools.product(calib_seeds, group.rotation_seeds):
+            cfg = replace(base, **fields, calib_seed=cs, rotation_seed=rs, rotate=group.rotate)
+            try:
+                cfg.validate()
+            except QiftError as exc:
+                raise QiftError(f"points: {exc}") from None
+            out.append((group.label or cfg.label(), cfg))
     return out
+
+
+def uses_calibration(fields: Mapping[str, Any]) -> bool:
+    """Whether a quantized point reads calibration windows: GPTQ, or a W2 map chosen by sensitivity (RTN with a
+    fixed map does not, so it runs once, not once per calibration seed)."""
+    return fields["method"] == "gptq" or parse_w2_spec(fields["w2_layers"]).needs_scores
 
 
 def point_id(kind: str, label: str, config: Mapping[str, Any] | None) -> str:
@@ -307,7 +315,7 @@ def expand(spec: RunSpec) -> list[dict]:
             points.append({
                 "group": g, "kind": group.kind, "label": label, "point_id": point_id(group.kind, label, conf),
                 "config": conf, "ratio": ratio,
-                "calib_seed": cfg.calib_seed if cfg is not None and group.kind == "quant" else None,
+                "calib_seed": cfg.calib_seed if group.kind == "quant" and uses_calibration(conf) else None,
                 "rotation_seed": cfg.rotation_seed if cfg is not None and cfg.rotate else None,
                 "model": model_source(spec.model), "text": text,
                 "eval_windows": spec.evaluation.windows, "eval_seqlen": spec.evaluation.seqlen,

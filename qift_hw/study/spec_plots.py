@@ -1,7 +1,8 @@
 """Plots of a run spec's aggregate (matplotlib, headless), error bars = one standard deviation over seeds.
 
 `ppl_levels.png`: perplexity per 2-bit level set, one panel per weight quantizer (GPTQ on a linear axis of its
-own, so its differences stay visible; RTN, whose W2 perplexities reach 1e8, on a log axis beside it), one series
+own, so its differences stay visible; RTN, whose W2 perplexities reach 1e8, beside it, on a log axis when its
+values span more than a factor of 20), one series
 per setting (W2A16, W2A4KV4, mixed); FP and the W4/W3 references as dashed lines. `calib_curve.png`: perplexity
 against calibration tokens, one line per level set and setting, when the spec varies the calibration size.
 """
@@ -16,6 +17,8 @@ from qift_hw.core.io import save_figure
 
 REF_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 1)))
 METHOD_ORDER = ("gptq", "rtn")
+LOG_SPAN = 20.0
+"""The RTN panel turns logarithmic when its means span more than this factor."""
 
 
 def _err(part: Any) -> list[float]:
@@ -66,8 +69,10 @@ def plot_levels(agg: Any, path: str | Path) -> Path | None:
             ax.axhline(r["mean"], color="grey", lw=0.9, ls=REF_STYLES[j % len(REF_STYLES)],
                        label=f"{name} {r['mean']:.1f}")
         ax.set_xticks(range(len(levels)), levels, rotation=30)
-        ax.set_title(f"{method.upper()}" + (" (log axis)" if method == "rtn" else ""))
-        if method == "rtn":
+        span = part["mean"].max() / max(part["mean"].min(), 1e-9)
+        log = method == "rtn" and span > LOG_SPAN
+        ax.set_title(f"{method.upper()}" + (" (log axis)" if log else ""))
+        if log:
             ax.set_yscale("log")
         ax.set_ylabel("perplexity (mean +- std over seeds)")
         ax.grid(axis="y", alpha=0.3)
@@ -97,6 +102,9 @@ def plot_calibration(agg: Any, path: str | Path) -> Path | None:
         ax.errorbar(part["calib_tokens"], part["mean"], yerr=_err(part), marker="o", capsize=3,
                     label=f"{lv} {method} {st}")
     ax.set_xscale("log", base=2)
+    ticks = sorted({int(t) for _, part in series for t in part["calib_tokens"]})
+    ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("calibration tokens (windows x seqlen)")
     ax.set_ylabel("perplexity (mean +- std over seeds)")
     ax.grid(alpha=0.3)

@@ -27,17 +27,16 @@ KEY_COLUMNS = ("point_id", "group", "kind", "label", "setting", "levels", "metho
                "a_bits", "kv_bits", "scale_method", "act_order", "calib_windows", "calib_seqlen", "calib_tokens",
                "eval_windows", "eval_seqlen", "backend")
 """Columns that are equal across the seed repeats of a point (kept in the aggregate)."""
+INT_COLUMNS = ("calib_seed", "rotation_seed", "calib_windows", "calib_seqlen", "calib_tokens", "other_bits",
+               "a_bits", "kv_bits", "eval_windows", "eval_seqlen", "n_w2_layers")
+"""Integer columns that may be empty (pandas' nullable Int64, so 3 stays 3, not 3.0)."""
 
 
 def setting(weights: str | None, a_bits: Any, kv_bits: Any) -> str:
     """E.g. W2A4KV4, W2A16, W2[sensitivity:15]/W4A4KV4, W16A4KV4."""
-    a = f"A{int(a_bits)}" if a_bits is not None and not _nan(a_bits) else "A16"
-    kv = f"KV{int(kv_bits)}" if kv_bits is not None and not _nan(kv_bits) and int(kv_bits) != 16 else ""
+    a = "A16" if _missing(a_bits) else f"A{int(a_bits)}"
+    kv = "" if _missing(kv_bits) or int(kv_bits) == 16 else f"KV{int(kv_bits)}"
     return f"{weights or 'W16'}{a}{kv}"
-
-
-def _nan(x: Any) -> bool:
-    return isinstance(x, float) and math.isnan(x)
 
 
 def long_table(run: GridRun):
@@ -56,6 +55,8 @@ def long_table(run: GridRun):
             for k in ("levels", "method", "w2_layers", "other_bits", "calib_windows", "calib_seqlen",
                       "scale_method", "act_order", "calib_source"):
                 rec[k] = None
+        if p["kind"] == "quant" and p.get("calib_seed") is None:  # reads no calibration (RTN, fixed map)
+            rec["calib_windows"] = rec["calib_seqlen"] = None
         if p["kind"] == "fp":
             rec["a_bits"] = rec["kv_bits"] = 16
         weights = None
@@ -79,6 +80,8 @@ def long_table(run: GridRun):
     df = pd.DataFrame.from_records(records)
     if len(df):
         df["ppl"] = pd.to_numeric(df["ppl"], errors="coerce")
+        for col in INT_COLUMNS:
+            df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
     return df
 
 
@@ -99,6 +102,8 @@ def aggregate(df, value: str = "ppl"):
     keys = [k for k in KEY_COLUMNS if k in df]
     out = []
     for pid, part in df.groupby("point_id", sort=False):
+        if "point_key" in part:
+            part = part.drop_duplicates("point_key")  # one point listed in two groups counts once
         vals = pd.to_numeric(part[value], errors="coerce").dropna().to_numpy(dtype=float)
         n = len(vals)
         std = float(vals.std(ddof=1)) if n > 1 else math.nan
@@ -110,8 +115,14 @@ def aggregate(df, value: str = "ppl"):
     return pd.DataFrame.from_records(out)
 
 
+def _missing(x: Any) -> bool:
+    import pandas as pd
+
+    return x is None or bool(pd.isna(x))
+
+
 def _fmt(x: Any, digits: int = 2) -> str:
-    if x is None or _nan(x):
+    if _missing(x):
         return "-"
     if isinstance(x, float):
         return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.3g}"
@@ -124,9 +135,8 @@ def summary_markdown(agg, title: str = "Perplexity over seeds") -> str:
             "|---|---|---|---|---|---|---|---|---|")
     lines = [f"## {title}", "", head]
     for _, r in agg.iterrows():
-        calib = f"{int(r['calib_windows'])} x {int(r['calib_seqlen'])}" if not _nan(r.get("calib_windows")) \
-            and r.get("calib_windows") is not None else "-"
-        ci = "-" if _nan(r["ci95"]) else f"{r['mean'] - r['ci95']:.2f} .. {r['mean'] + r['ci95']:.2f}"
+        calib = "-" if _missing(r.get("calib_windows")) else f"{r['calib_windows']} x {r['calib_seqlen']}"
+        ci = "-" if _missing(r["ci95"]) else f"{r['mean'] - r['ci95']:.2f} .. {r['mean'] + r['ci95']:.2f}"
         lines.append(f"| {r['label']} | {r['setting']} | {calib} | {r['n']}/{r['seeds']} | {_fmt(r['mean'])} | "
                      f"{_fmt(r['std'])} | {ci} | {_fmt(r['min'])} | {_fmt(r['max'])} |")
     return "\n".join(lines) + "\n"
