@@ -118,3 +118,23 @@ def test_rtl_pe_formats_match_the_hand_table():
     assert pe_format("int4").weight_values() == [0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1]
     with pytest.raises(QiftError, match="unknown PE kind"):
         pe_format("int3")
+
+
+def test_activation_scale_is_these_fp32_steps():
+    """scale = fp32(fp32(max|x| * fp32(0.9)) / 7), each step rounded in FP32 (numpy float32 here, not torch): bit
+    for bit on random maxima; reading 0.9 as a double gives other bits for a large share, and flips max 28, x = -27
+    from -8 to -7."""
+    rng = np.random.default_rng(12)
+    maxima = np.concatenate([rng.uniform(0, 100, 4000), rng.integers(1, 2**24, 4000),
+                             2.0 ** rng.uniform(-30, 30, 4000), np.arange(1, 1025)]).astype(np.float32)
+    steps = (maxima * np.float32(formats.ACT_CLIP)) / np.float32(formats.ACT_QMAX)
+    assert steps.dtype == np.float32
+    _, scale = formats.quantize_act(torch.from_numpy(maxima)[:, None])
+    assert np.array_equal(scale[:, 0].numpy().view(np.uint32), steps.view(np.uint32))
+    as_double = (maxima.astype(np.float64) * formats.ACT_CLIP).astype(np.float32) / np.float32(formats.ACT_QMAX)
+    assert (as_double.view(np.uint32) != steps.view(np.uint32)).mean() > 0.2
+    q, _ = formats.quantize_act(torch.tensor([[28.0, -27.0]]))
+    s28 = (np.float32(28) * np.float32(0.9)) / np.float32(7)
+    s28_double = np.float32(28 * 0.9) / np.float32(7)
+    assert q[0, 1] == -8 == np.rint(np.float32(-27) / s28)
+    assert np.rint(np.float32(-27) / s28_double) == -7

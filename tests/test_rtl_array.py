@@ -85,6 +85,71 @@ def test_saturation_sites_by_hand():
     assert os_.sum() == 1 and os_[0, 0, 0]
 
 
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+def test_outputs_during_a_stall(dataflow):
+    """In a stall (en = 0) every output register holds: WS p_out/ovf_out/pv_out repeat the previous cycle, so a
+    consumer takes an output only in a cycle with en = 1. OS out/ovf_out hold too, but out_valid = drain & en is
+    combinational and is 0 in every stalled cycle. (Outputs during cycle t are the registers written at the edge
+    ending t-1: a stall at t shows the same outputs in t and t+1.)"""
+    rng = np.random.default_rng(5)
+    a, w = _gemm(rng, 5, 6, 5)
+    gt = gemm_trace(dataflow, a, w, 2, 3, "pot_mnz", 32, stall_prob=0.3, seed=2)
+    dut = make_array(dataflow, 2, 3, "pot_mnz", 32)
+    obs, errors = replay_amaranth(dut, gt.trace)
+    assert not errors, errors[:3]
+    en = np.asarray(gt.trace["en"], dtype=bool)
+    stalled = np.flatnonzero(~en[:-1])
+    assert len(stalled) > 10
+    names = ["p_out", "ovf_out", "pv_out"] if dataflow == "ws" else ["out", "ovf_out"]
+    for k in names:
+        rows = unpack_rows(obs[k], k, dut.lanes())
+        assert np.array_equal(rows[stalled + 1], rows[stalled]), k
+    if dataflow == "os":
+        valid = unpack_rows(obs["out_valid"], "out_valid", dut.lanes())[:, 0]
+        drain = np.asarray(gt.trace["drain"], dtype=bool)
+        assert not valid[~en].any() and np.array_equal(valid[en].astype(bool), drain[en])
+        assert drain[~en].any(), "some stall must fall inside a drain"
+
+
+def test_ws_inputs_outside_their_slots_are_ignored():
+    """WS: junk on a_in/p_in/ovf_in/pv_in during the load phase, on w_in while streaming, on p_in/ovf_in where
+    pv_in = 0 and on a_in outside its slots (u = m + r) changes no valid output: pv_out every cycle and
+    p_out/ovf_out where pv_out = 1 still equal the clean trace."""
+    rng = np.random.default_rng(9)
+    a, w = _gemm(rng, 3, 7, 5)
+    R, C = 3, 2
+    gt = gemm_trace("ws", a, w, R, C, "pot_mnz", 12)
+    tr = {k: np.array(v, copy=True) for k, v in gt.trace.items()}
+    load = np.asarray(tr["w_load"], dtype=bool)
+    n = len(load)
+    junk = np.random.default_rng(1)
+    tr["a_in"][load] = junk.integers(-8, 8, tr["a_in"][load].shape)
+    for k, hi in (("p_in", 2000), ("ovf_in", 2), ("pv_in", 2)):
+        tr[k][load] = junk.integers(-hi if k == "p_in" else 0, hi, tr[k][load].shape)
+    tr["w_in"][~load] = junk.integers(0, 4, tr["w_in"][~load].shape)
+    idle = ~load[:, None] & (tr["pv_in"] == 0)
+    tr["p_in"][idle] = junk.integers(-2000, 2000, int(idle.sum()))
+    tr["ovf_in"][idle] = junk.integers(0, 2, int(idle.sum()))
+    starts = [t for t in range(n) if not load[t] and load[t - 1]]
+    for s in starts:
+        m_rows = int(tr["pv_in"][s:s + C + 8, 0].sum())
+        end = next((t for t in range(s, n) if load[t]), n)
+        for u in range(end - s):
+            for r in range(R):
+                if not 0 <= u - r < m_rows:
+                    tr["a_in"][s + u, r] = junk.integers(-8, 8)
+    assert not np.array_equal(tr["a_in"], gt.trace["a_in"])
+    dut = WSArray(R, C, "pot_mnz", 12)
+    obs, _ = replay_amaranth(dut, tr)
+    got = {k: unpack_rows(obs[k], k, dut.lanes()) for k in ("p_out", "ovf_out", "pv_out")}
+    assert np.array_equal(got["pv_out"], gt.trace["pv_out"])
+    valid = gt.trace["pv_out"].astype(bool)
+    assert valid.sum() == 3 * (-(-5 // C) * C) * -(-7 // R)  # M x padded N x K tiles
+    for k in ("p_out", "ovf_out"):
+        assert np.array_equal(got[k][valid], gt.trace[k][valid]), k
+    assert not np.array_equal(got["p_out"], gt.trace["p_out"]), "the junk must show where pv_out = 0"
+
+
 def test_trace_mismatch_is_caught():
     """The checker is live: one corrupted expected output value is reported at its cycle."""
     rng = np.random.default_rng(0)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from amaranth import ClockDomain, Module
 from amaranth.sim import Simulator
 
 from qift_hw.core import formats
@@ -95,3 +96,63 @@ def test_bad_configurations():
         MacPE("nf2")
     with pytest.raises(QiftError, match="cannot hold one"):
         MacPE("pot_mnz", 6)
+
+
+@pytest.mark.parametrize("kind", PE_KINDS)
+def test_accepted_accumulator_widths(kind):
+    """The generator accepts from the narrowest width that holds one product (|product range| by brute force over
+    the formats' table) to 64 bits, and rejects one bit less and 65."""
+    fmt = pe_format(kind)
+    acts = range(-(1 << (fmt.act_bits - 1)), 1 << (fmt.act_bits - 1))
+    prods = [int(w) * a for w in formats.weight_int_values(kind) for a in acts]
+    narrowest = next(b for b in range(2, 65) if -(1 << (b - 1)) <= min(prods) and max(prods) < 1 << (b - 1))
+    for bits in (narrowest, 16 if narrowest <= 16 else narrowest, 64):
+        MacPE(kind, bits)
+    for bits in (narrowest - 1, 65):
+        with pytest.raises(QiftError):
+            MacPE(kind, bits)
+
+
+def test_clr_clears_ovf_and_rst_overrides_en():
+    """clr starts a new sum and clears the sticky ovf (with en: ovf = this add's saturation; without: 0); a
+    synchronous rst clears acc and ovf even with en = 1, and in that cycle no MAC happens."""
+    dut = MacPE("pot_mnz", 8)
+    top = Module()
+    top.domains.sync = cd = ClockDomain()
+    top.submodules.dut = dut
+    seen = {}
+
+    async def bench(ctx):
+        async def step(name, en, clr, a=-8, w=3, rst=False):
+            ctx.set(dut.en, en)
+            ctx.set(dut.clr, clr)
+            ctx.set(dut.a, a)
+            ctx.set(dut.w, w)  # -4 * a
+            if rst:
+                ctx.set(cd.rst, 1)
+            await ctx.tick()
+            ctx.set(cd.rst, 0)
+            seen[name] = (ctx.get(dut.acc), ctx.get(dut.ovf))
+
+        for i in range(5):
+            await step(f"up{i}", 1, 0)           # 32 x 5 = 160 > 127: saturates at the 4th
+        await step("clr_en", 1, 1, a=1)         # new sum: -4, ovf cleared
+        for i in range(5):
+            await step(f"up2_{i}", 1, 0)
+        await step("clr_no_en", 0, 1)
+        for i in range(5):
+            await step(f"up3_{i}", 1, 0)
+        await step("rst_en", 1, 0, rst=True)
+        await step("rst_en_clr", 1, 1, rst=True)
+        await step("hold", 0, 0)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["up4"] == (127, 1)
+    assert seen["clr_en"] == (-4, 0)
+    assert seen["up2_4"] == (127, 1)
+    assert seen["clr_no_en"] == (0, 0)
+    assert seen["up3_4"] == (127, 1)
+    assert seen["rst_en"] == (0, 0) and seen["rst_en_clr"] == (0, 0) and seen["hold"] == (0, 0)
