@@ -279,24 +279,7 @@ class Int4Quantizer(wiring.Component):
 
     def _scale(self, m: Module, amax):
         """Combinational (significand, exponent) of fp32(fp32(A * fp32(clip)) / qmax); 1.0 = (2^23, -23) for A = 0."""
-        p1 = Signal(unsigned(self.y_bits + SIG), name="q2_p1")
-        m.d.comb += p1.eq(amax * formats.ACT_CLIP_FP32_SIG)
-        d1 = Signal(range(len(p1) + 1), name="q2_d1")
-        for i in range(len(p1)):
-            with m.If(p1[i]):
-                m.d.comb += d1.eq(max(i + 1 - SIG, 0))
-        m1, e1 = self._round_shift(m, "q2_m1", p1, d1, Const(0, 1), formats.ACT_CLIP_FP32_EXP)
-        num = Signal(unsigned(SIG + 1 + DIV_SHIFT), name="q2_num")
-        m.d.comb += num.eq(m1 << DIV_SHIFT)
-        quo, rem_nz = self._divide_by_const(m, num, self.qmax)
-        d2 = Signal(range(len(quo) + 1), name="q2_d2")
-        for i in range(len(quo)):
-            with m.If(quo[i]):
-                m.d.comb += d2.eq(max(i + 1 - SIG, 0))
-        m2, e2 = self._round_shift(m, "q2_m2", quo, d2, rem_nz, e1 - DIV_SHIFT)
-        zero = amax == 0
-        frac_bits = formats.FP32_FRAC_BITS
-        return Mux(zero, 1 << frac_bits, m2[:SIG]), Mux(zero, -frac_bits, e2)
+        return scale_fields(m, amax, self.y_bits, self.qmax)
 
     @staticmethod
     def _divide_by_const(m: Module, num, divisor: int):
@@ -336,6 +319,29 @@ class Int4Quantizer(wiring.Component):
         exp = Signal(signed(formats.FP32_EXP_BITS), name=f"{name}_exp")
         m.d.comb += exp.eq(e_base + d + over)
         return Mux(over, rounded >> 1, rounded)[:SIG + 1], exp
+
+
+def scale_fields(m: Module, amax, y_bits: int, qmax: int):
+    """Combinational (significand, exponent) of fp32(fp32(A * fp32(clip)) / qmax) for a ``y_bits``-wide unsigned A
+    (exact in FP32); 1.0 = (2^23, -23) for A = 0. Shared by ``Int4Quantizer`` and the lane-multiplexed unit."""
+    p1 = Signal(unsigned(y_bits + SIG), name="q2_p1")
+    m.d.comb += p1.eq(amax * formats.ACT_CLIP_FP32_SIG)
+    d1 = Signal(range(len(p1) + 1), name="q2_d1")
+    for i in range(len(p1)):
+        with m.If(p1[i]):
+            m.d.comb += d1.eq(max(i + 1 - SIG, 0))
+    m1, e1 = Int4Quantizer._round_shift(m, "q2_m1", p1, d1, Const(0, 1), formats.ACT_CLIP_FP32_EXP)
+    num = Signal(unsigned(SIG + 1 + DIV_SHIFT), name="q2_num")
+    m.d.comb += num.eq(m1 << DIV_SHIFT)
+    quo, rem_nz = Int4Quantizer._divide_by_const(m, num, qmax)
+    d2 = Signal(range(len(quo) + 1), name="q2_d2")
+    for i in range(len(quo)):
+        with m.If(quo[i]):
+            m.d.comb += d2.eq(max(i + 1 - SIG, 0))
+    m2, e2 = Int4Quantizer._round_shift(m, "q2_m2", quo, d2, rem_nz, e1 - DIV_SHIFT)
+    zero = amax == 0
+    frac_bits = formats.FP32_FRAC_BITS
+    return Mux(zero, 1 << frac_bits, m2[:SIG]), Mux(zero, -frac_bits, e2)
 
 
 class HadamardQuantUnit(wiring.Component):
