@@ -5,6 +5,8 @@ model refuses the input, -32768), q and the FP32 scale from ``formats.quantize_a
 float path from ``qift_hw.sim.hadamard_unit.hadamard_quantize``, FP32 roundings from numpy's float32.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -244,3 +246,65 @@ def test_real_orders_closed_form():
         unit = HadamardLaneUnit(n, lanes)
         silence_unused(unit)
         assert unit.period == want
+
+
+BUILD = Path(__file__).resolve().parents[1] / "sim_build"
+
+
+def gaussian_outliers(tokens: int, n: int, seed: int) -> torch.Tensor:
+    """Activation-like float vectors: N(0, 1) with a few outlier channels (x20 to x100) and one token x1e-3."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, n, generator=g)
+    cols = torch.randperm(n, generator=g)[:max(2, n // 100)]
+    x[:, cols] *= torch.linspace(20, 100, len(cols))
+    x[-1] *= 1e-3
+    return x
+
+
+def _cocotb(sim: str, n: int, lanes: int, tokens: int, seed: int) -> None:
+    from qift_hw.rtl.generate import write_top
+    from qift_hw.rtl.hadamard_lanes import hadamard_lanes_top, unpack_beats
+    from qift_hw.verify.simulate import run_bench, simulator_available
+
+    reason = simulator_available(sim)
+    if reason is not None:
+        pytest.skip(reason)
+    x = gaussian_outliers(tokens, n, seed)
+    x[0, :lanes] = 0
+    mant, exp = formats.had_input_fixed(x)
+    X = mant.numpy().astype(np.int64)
+    X[0, 0] = -(2 ** 15)
+    top = hadamard_lanes_top(n, lanes)
+    path = write_top(top, BUILD / "verilog")
+    period = lane_unit_period(n, lanes)
+    res = run_bench(sim, path, top.name, "bench_hadamard_lanes",
+                    {"n": n, "lanes": lanes, "in_bits": formats.HAD_IN_BITS, "seed": seed, "p_gap": 0.25,
+                     "p_busy": 0.35, "max_cycles": 4 * period * tokens + 1000, "x": X, "exp": exp.numpy()[:, 0]},
+                    build_root=BUILD, tag=f"lanes_{n}_{lanes}")
+    assert res.passed, res.message
+    R = n // lanes
+    out = unpack_beats([int(w, 16) for w in res.summary["beats"]], lanes)
+    q_ref, s_ref = _expected(X)
+    assert np.array_equal(np.array(out["q"]).reshape(tokens, n), q_ref)
+    assert out["scale"] == [int(s) for s in s_ref for _ in range(R)]
+    assert out["exp"] == [int(e) for e in exp.numpy()[:, 0] for _ in range(R)]
+    assert out["last"] == [int(r == R - 1) for _ in range(tokens) for r in range(R)]
+    q_m, s_m = hadamard_quantize(x[1:])
+    assert np.array_equal(np.array(out["q"]).reshape(tokens, n)[1:], q_m.numpy())
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_cocotb_reduced(sim):
+    """n = 48 (K = 12), L = 8, 4 vectors with random gaps and back-pressure, on each simulator."""
+    _cocotb(sim, 48, 8, 4, 7)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+@pytest.mark.parametrize("n,lanes", [(576, 16), (1536, 16)])
+def test_cocotb_real_orders(sim, n, lanes):
+    """SmolLM2's hidden 576 = 36 x 16 and intermediate 1536 = 12 x 128 at 16 lanes: y exceeds 2^24, so the FP32
+    rounding of y is exercised; Gaussian activations with outlier channels, 6 tokens, random stalls both sides."""
+    _cocotb(sim, n, lanes, 6, n)

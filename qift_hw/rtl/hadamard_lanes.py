@@ -22,7 +22,7 @@ moved to the smallest integer whose FP32 rounding reaches t (``raw_threshold``),
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -275,6 +275,7 @@ class HadamardLaneUnit(wiring.Component):
         hold_t = Signal(data.ArrayLayout(signed(ob), L), name="xp_hold_top")
         hold_d = Signal(data.ArrayLayout(signed(ob), L), name="xp_hold_diff")
         hold_a = Signal(range(R), name="xp_hold_addr")
+        xp_waddr = Signal(range(R), name="xp_waddr")
 
         # KSTAGE: output row e_out (element index), term kk; input element kk * p + (e_out mod p)
         kk = Signal(range(K), name="kk")
@@ -293,9 +294,9 @@ class HadamardLaneUnit(wiring.Component):
                 m.d.comb += port.addr.eq((e_out >> lg_p) + g)
                 signs.append(port.data.bit_select(kk, 1))
 
-        with m.FSM(name="phase"):
+        with m.FSM(name="phase") as fsm:
             with m.State("LOAD"):
-                m.d.comb += [self.i.ready.eq(1), zw.addr.eq(row), zw.en.eq(self.i.valid)]
+                m.d.comb += zw.en.eq(self.i.valid)
                 m.d.comb += [zw.data[lane].eq(lanes[lane]) for lane in range(L)]
                 if self.passes == 0 and K == 1:
                     m.d.comb += [fin_we.eq(self.i.valid)] + [fin_data[lane].eq(lanes[lane]) for lane in range(L)]
@@ -311,7 +312,7 @@ class HadamardLaneUnit(wiring.Component):
                     last = (pass_t == self.passes - 1) if K == 1 else Const(0, 1)
                     m.d.sync += step.eq(step + 1)
                     with m.If((step == R) | (step[0] == 0) & (step != 0)):
-                        m.d.comb += [zw.addr.eq(hold_a), zw.en.eq(1), zw.data.eq(hold_d), fin_we.eq(last),
+                        m.d.comb += [xp_waddr.eq(hold_a), zw.en.eq(1), zw.data.eq(hold_d), fin_we.eq(last),
                                      fin_data.eq(hold_d)]
                     with m.If(step == R):
                         m.d.sync += [step.eq(0), pass_t.eq(pass_t + 1)]
@@ -323,7 +324,7 @@ class HadamardLaneUnit(wiring.Component):
                     with m.Else():
                         bot = Array([top | (1 << t) for t in range(self.passes)])[pass_t]
                         summ = [hold_t[lane] + zr.data[lane] for lane in range(L)]
-                        m.d.comb += [zr.addr.eq(bot), zw.addr.eq(top), zw.en.eq(1), fin_we.eq(last)]
+                        m.d.comb += [zr.addr.eq(bot), xp_waddr.eq(top), zw.en.eq(1), fin_we.eq(last)]
                         m.d.comb += [zw.data[lane].eq(summ[lane]) for lane in range(L)]
                         m.d.comb += [fin_data[lane].eq(summ[lane]) for lane in range(L)]
                         m.d.sync += [hold_d[lane].eq(hold_t[lane] - zr.data[lane]) for lane in range(L)]
@@ -355,13 +356,42 @@ class HadamardLaneUnit(wiring.Component):
                     m.d.sync += step.eq(0)
                     m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [yr.addr.eq(row), self.o.valid.eq(1)]
+                m.d.comb += yr.addr.eq(row)
                 with m.If(self.o.ready):
                     m.d.sync += row.eq(row + 1)
                     with m.If(row == R - 1):
                         m.d.sync += [row.eq(0), amax.eq(0)]
                         m.next = "LOAD"
+        # unconditional, so they are continuous assignments in the Verilog, valid from time 0 (a simulator need not
+        # run an always @* block before one of its inputs changes)
+        m.d.comb += [self.i.ready.eq(fsm.ongoing("LOAD")), self.o.valid.eq(fsm.ongoing("OUT")),
+                     zw.addr.eq(Mux(fsm.ongoing("LOAD"), row, xp_waddr))]
         m.d.comb += [quant.y[lane].eq(yr.data[lane]) for lane in range(L)]
         m.d.comb += [self.o.payload.q.eq(quant.q), self.o.payload.scale.eq(quant.scale),
                      self.o.payload.exp.eq(exp), self.o.payload.last.eq(row == R - 1)]
         return m
+
+
+def hadamard_lanes_top(n: int, lanes: int, in_bits: int = formats.HAD_IN_BITS):
+    """The lane-multiplexed unit as a ``generate.Top`` (module ``qift_hadamard_lanes_<n>_l<L>_i<in_bits>``)."""
+    from qift_hw.rtl.generate import Top
+
+    unit = HadamardLaneUnit(n, lanes, in_bits)
+    return Top(f"qift_hadamard_lanes_{n}_l{lanes}_i{in_bits}", unit, unit.params())
+
+
+def unpack_beats(words: list[int], lanes: int) -> dict[str, list]:
+    """Output payload words (``out_layout``, field offsets as Amaranth lays them out) -> q [beats][L], scale bits,
+    exp and last per beat."""
+    layout = out_layout(lanes)
+
+    def field(word: int, name: str, signed_: bool, offset: int = 0, width: int | None = None) -> int:
+        f = layout[name]
+        width = width or Shape.cast(f.shape).width
+        v = (word >> (f.offset + offset)) & ((1 << width) - 1)
+        return v - (1 << width) if signed_ and v >> (width - 1) else v
+
+    qb = formats.ACT_BITS
+    return {"q": [[field(w, "q", True, i * qb, qb) for i in range(lanes)] for w in words],
+            "scale": [field(w, "scale", False) for w in words], "exp": [field(w, "exp", True) for w in words],
+            "last": [field(w, "last", False) for w in words]}
