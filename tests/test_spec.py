@@ -17,6 +17,7 @@ from qift_hw.core.errors import QiftError
 from qift_hw.study import points as points_mod
 from qift_hw.study import spec as S
 from qift_hw.study import tidy
+from test_explore import client  # noqa: F401  (the in-process Dask cluster fixture)
 
 SPECS = Path(__file__).resolve().parents[1] / "sim" / "specs"
 CALLS: list[dict] = []
@@ -47,9 +48,10 @@ def base(**extra):
     ({"points": []}, ["points is an empty list"]),
     (base(backend="gpu"), ["backend", "'torch', 'int' or 'sim'"]),
     (base(device="tpu"), ["device"]),
-    (base(evaluation={"tasks": ["lambada_local"]}), ["evaluation.tasks", "qift_hw.study.tasks"]),
+    (base(evaluation={"tasks": ["lambada_local"]}), ["evaluation.tasks", "no_such_runner"]),
 ])
-def test_bad_spec_is_one_line_naming_the_field(data, words):
+def test_bad_spec_is_one_line_naming_the_field(data, words, monkeypatch):
+    monkeypatch.setattr(S, "TASK_RUNNER", "qift_hw.study.no_such_runner")
     with pytest.raises(QiftError) as err:
         S.parse_spec(data, "spec x.yaml")
     msg = str(err.value)
@@ -175,17 +177,6 @@ def tiny(tmp_path_factory):
     words = np.random.default_rng(1).integers(0, 100, 4000)
     (folder / "text.txt").write_text(" ".join(f"w{i}" for i in words))
     return folder
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0")
-    c = Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
 
 
 def test_tiny_grid_equals_direct_call_and_reruns_from_cache(tiny, tmp_path, client):

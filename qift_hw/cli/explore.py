@@ -6,7 +6,8 @@ from typing import Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import check_out_folder, out_option, run_folder
+from qift_hw.cli.options import (SCHEDULER_HELP, WORKERS_HELP, check_cluster, check_out_folder, out_option,
+                                 run_folder)
 
 
 @app.command("explore")
@@ -14,10 +15,8 @@ def explore_cmd(
     grid_file: Path = typer.Argument(..., help="Grid YAML: lists of architecture fields (dotted), levels and "
                                      "workloads; the points are their cartesian product (docs/explore.md)."),
     out: Optional[Path] = out_option("explore.parquet/.csv/.json and the Pareto plots"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler "
-                                            "(tcp://host:8786); default: a local cluster."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes of the local cluster.",
-                                          show_default="one per core"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP, show_default="one per core"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every point; neither read nor write the cache."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -25,15 +24,10 @@ def explore_cmd(
     from rich.console import Console
 
     from qift_hw.cli import exits
-    from qift_hw.core.errors import QiftError
     from qift_hw.study.explore import FILES, describe, find_cache, load_grid, run_explore, write_outputs
     from qift_hw.study.grid import failure_lines
 
-    if workers is not None and workers < 1:
-        raise QiftError(f"--workers must be at least 1, got {workers}")
-    if workers is not None and scheduler:
-        raise QiftError("--workers sizes the local cluster; with --scheduler the cluster's own workers run the "
-                        "points, so leave --workers out")
+    check_cluster(workers, scheduler)
     grid = load_grid(grid_file)
     folder = run_folder(out, "explore", grid=grid_file.stem)
     check_out_folder(folder, FILES)

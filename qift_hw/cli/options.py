@@ -35,6 +35,19 @@ def out_option(what: str) -> typer.models.OptionInfo:
     return typer.Option(None, "--out", help=f"Run folder for {what} (default: runs/<command>/<settings>).")
 
 
+SCHEDULER_HELP = "Address of a running Dask scheduler (tcp://host:8786); default: a local cluster."
+WORKERS_HELP = "Worker processes of the local cluster."
+
+
+def check_cluster(workers: Optional[int], scheduler: Optional[str]) -> None:
+    """The Dask options of a grid command: --workers at least 1, and only for the local cluster."""
+    if workers is not None and workers < 1:
+        raise QiftError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and scheduler:
+        raise QiftError("--workers sizes the local cluster; with --scheduler the cluster's own workers run the "
+                        "points, so leave --workers out")
+
+
 def run_folder(out: Optional[Path], command: str, **settings) -> Path:
     """``out`` if given, else ``runs/<command>/<k>-<v>_...``: a folder per combination of settings, so a sweep
     never overwrites itself."""

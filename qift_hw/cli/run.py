@@ -6,7 +6,8 @@ from typing import List, Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import check_out_folder, out_option, run_folder
+from qift_hw.cli.options import (SCHEDULER_HELP, WORKERS_HELP, check_cluster, check_out_folder, out_option,
+                                 run_folder)
 
 
 @app.command("run")
@@ -16,10 +17,8 @@ def run_cmd(
     out: Optional[Path] = out_option("results_long.parquet/.csv, summary.md, run.json, spec.yaml and plots"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a spec field: FIELD=VALUE (dotted, "
                                              "value in YAML), e.g. --set calibration.seeds=[0,1,2]; repeatable."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler "
-                                            "(tcp://host:8786); default: a local cluster."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes of the local cluster.",
-                                          show_default="one per core"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP, show_default="one per core"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every point; neither read nor write the cache."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (one step per point)."),
 ) -> None:
@@ -31,23 +30,18 @@ def run_cmd(
 
     from qift_hw.cli import exits
     from qift_hw.cli.options import resolve_device
-    from qift_hw.core.errors import QiftError
     from qift_hw.study.grid import failure_lines, run_grid
     from qift_hw.study.points import run_point
     from qift_hw.study.spec import (check_model_source, describe, expand, identity, load_spec, resolved_yaml)
     from qift_hw.study.tidy import FILES, aggregate, long_table, write_outputs
 
-    if workers is not None and workers < 1:
-        raise QiftError(f"--workers must be at least 1, got {workers}")
-    if workers is not None and scheduler:
-        raise QiftError("--workers sizes the local cluster; with --scheduler the cluster's own workers run the "
-                        "points, so leave --workers out")
-    overrides = list(set_ or [])
-    if workers is not None:
-        overrides.append(f"threads={max(1, (os.cpu_count() or 1) // workers)}")
-    spec = load_spec(spec_file, overrides)
+    check_cluster(workers, scheduler)
+    spec = load_spec(spec_file, list(set_ or []))
     if spec.device == "auto":
         spec = spec.model_copy(update={"device": resolve_device(None)})
+    if spec.threads is None and not scheduler:  # the local cluster's workers share the cores
+        cores = os.cpu_count() or 1
+        spec = spec.model_copy(update={"threads": max(1, cores // (workers or cores))})
     check_model_source(spec.model)
     folder = run_folder(out, "run", spec=spec.name or spec_file.stem)
     check_out_folder(folder, FILES)

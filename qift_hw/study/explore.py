@@ -156,20 +156,27 @@ def parse_grid(data: Any, source: str = "grid") -> Grid:
     return Grid(spec, arch_fields, source, dict(data))
 
 
-def load_grid(path: str | Path) -> Grid:
-    """A grid file: QiftError on an unreadable file, invalid YAML, an unknown field, a bad value or an empty list."""
+def read_yaml(path: str | Path, what: str = "grid file") -> Any:
+    """A YAML file's content ({} when empty): QiftError for an unreadable file or invalid YAML."""
     p = Path(path)
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise QiftError(f"cannot read grid file {p}: {exc}") from None
+        raise QiftError(f"cannot read {what} {p}: {exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise QiftError(f"grid file {p} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return parse_grid({} if data is None else data, f"grid file {p}")
+        raise QiftError(f"{what} {p} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    return {} if data is None else data
+
+
+def load_grid(path: str | Path) -> Grid:
+    """A grid file: QiftError on an unreadable file, invalid YAML, an unknown field, a bad value or an empty list."""
+    p = Path(path)
+    data = read_yaml(p)
+    return parse_grid(data, f"grid file {p}")
 
 
 def grid_params(grid: Grid) -> list[dict]:

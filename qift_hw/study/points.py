@@ -9,40 +9,46 @@ after another load the model once; each point works on a deep copy (`experiments
 from __future__ import annotations
 
 import contextlib
-import io
 import importlib
+import io
+import threading
 from typing import Any, Mapping
 
 from qift_hw.core.errors import QiftError
 
 _MODELS: dict[str, tuple[Any, Any]] = {}
 _WINDOWS: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+"""Worker threads of one process load a model once, not once each."""
 TASK_RUNNER = "qift_hw.study.tasks"
-"""Module that evaluates ``evaluation.tasks`` (lm-eval): ``evaluate_point_tasks(point, model, tokenizer)`` -> a
-dict of task name -> accuracy; a spec with tasks needs it importable."""
+TASK_FUNCTION = "evaluate_point_tasks"
+"""What evaluates ``evaluation.tasks`` (lm-eval): ``TASK_RUNNER.TASK_FUNCTION(point, model, tokenizer)`` with the
+float model -> a dict of task name -> accuracy; a spec with tasks needs it."""
 LOADS: list[str] = []
 """Models this process loaded (tests count them: one load per worker and model)."""
 
 
 def cached_model(model: str):
     """The float model (CPU) and tokenizer, loaded once per process."""
-    if model not in _MODELS:
-        from qift_hw.algo.models import load_model
+    with _LOCK:
+        if model not in _MODELS:
+            from qift_hw.algo.models import load_model
 
-        _MODELS[model] = load_model(model, device="cpu")
-        LOADS.append(model)
-    return _MODELS[model]
+            _MODELS[model] = load_model(model, device="cpu")
+            LOADS.append(model)
+        return _MODELS[model]
 
 
 def eval_windows(model: str, text: str, seqlen: int, windows: int | None):
     """The evaluation windows of a model's tokenizer on a text, computed once per process."""
     key = (model, text, seqlen, windows)
-    if key not in _WINDOWS:
-        from qift_hw.algo.data import get_windows
+    _, tok = cached_model(model)
+    with _LOCK:
+        if key not in _WINDOWS:
+            from qift_hw.algo.data import get_windows
 
-        _, tok = cached_model(model)
-        _WINDOWS[key] = get_windows(tok, text, "eval", seqlen, windows)
-    return _WINDOWS[key]
+            _WINDOWS[key] = get_windows(tok, text, "eval", seqlen, windows)
+        return _WINDOWS[key]
 
 
 def _check_context(base, point: Mapping[str, Any]) -> None:
@@ -83,5 +89,5 @@ def run_point(point: Mapping[str, Any]) -> list[dict]:
     row.update({"eval_windows": int(ev.shape[0]), "eval_seqlen": int(ev.shape[1])})
     if point.get("tasks"):
         tasks = importlib.import_module(TASK_RUNNER)
-        row["tasks"] = tasks.evaluate_point_tasks(point, base, tok)
+        row["tasks"] = getattr(tasks, TASK_FUNCTION)(point, base, tok)
     return [row]

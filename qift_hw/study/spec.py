@@ -6,7 +6,8 @@ before anything runs; a failure is one QiftError naming the field (``points.2.le
 ``points`` is a list of groups; each list field of a group is an axis and the group's points are the cartesian
 product of its axes (outer to inner in `AXES` order, level set fastest), each run once per calibration seed (of
 ``calibration.seeds``) and rotation seed (``rotation_seeds``). FP points run once, rotated FP once per rotation
-seed, RTN points with a fixed W2 map once per rotation seed (they read no calibration). docs/pipeline.md ("Run specs, seeds and grids") is the reference.
+seed, RTN points with a fixed W2 map once per rotation seed (they read no calibration). docs/pipeline.md ("Run
+specs, seeds and grids") is the reference.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from qift_hw.algo.mixed import parse_w2_spec
 from qift_hw.algo.qmodel import FLOAT_BITS
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import get_level_set
-from qift_hw.study.points import TASK_RUNNER
+from qift_hw.study.explore import read_yaml
+from qift_hw.study.points import TASK_FUNCTION, TASK_RUNNER
 
 DEFAULT_CACHE = "runs/cache/run"
 """One cache for every spec, so that specs sharing points (demo and full) compute them once."""
@@ -203,25 +205,9 @@ def parse_spec(data: Any, source: str = "spec", overrides: Sequence[str] = ()) -
     return spec
 
 
-def read_yaml(path: str | os.PathLike, what: str = "spec file") -> Any:
-    """A YAML file's content: QiftError for an unreadable file or invalid YAML."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QiftError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise QiftError(f"{what} {p} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return {} if data is None else data
-
-
 def load_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunSpec:
     """A spec file with ``--set`` overrides applied."""
-    return parse_spec(read_yaml(path), f"spec file {path}", overrides)
+    return parse_spec(read_yaml(path, "spec file"), f"spec file {path}", overrides)
 
 
 def check_tasks(spec: RunSpec, source: str = "spec") -> None:
@@ -229,10 +215,13 @@ def check_tasks(spec: RunSpec, source: str = "spec") -> None:
     if not spec.evaluation.tasks:
         return
     try:
-        importlib.import_module(TASK_RUNNER)
+        runner = importlib.import_module(TASK_RUNNER)
     except ImportError:
-        raise QiftError(f"{source}: field evaluation.tasks {spec.evaluation.tasks} needs the task runner {TASK_RUNNER} (lm-eval), "
-                        "which this installation lacks; leave evaluation.tasks empty") from None
+        runner = None
+    if not hasattr(runner, TASK_FUNCTION):
+        raise QiftError(f"{source}: field evaluation.tasks {spec.evaluation.tasks} needs the task runner "
+                        f"{TASK_RUNNER}.{TASK_FUNCTION} (lm-eval), which this installation lacks; leave "
+                        "evaluation.tasks empty")
 
 
 def resolved_yaml(spec: RunSpec) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from qift_hw.algo.config import QuantConfig
 from qift_hw.study.grid import GridRun
