@@ -32,20 +32,9 @@ CAVEAT = ("FPGA figures: Lattice ECP5 LFE5U-85F (CABGA381, speed grade 6, nextpn
           "Fmax is nextpnr's post-route figure for clk, whose paths all start and end at registers.")
 
 
-def array2_top(rows: int, cols: int, kind: str, acc_bits: int) -> Top | None:
-    """The protocol-v2 WS array when its generator is present, else None."""
-    try:
-        from qift_hw.rtl.array2 import make_array2
-    except ImportError:
-        return None
-    arr = make_array2("ws", rows, cols, kind, acc_bits)
-    return Top(f"qift_array2_ws_{rows}x{cols}_{kind}_a{acc_bits}", arr, arr.params())
-
-
 def jobs(quick: bool, seeds: int, big: bool, v2: bool) -> list[tuple[str, Top, bool, int]]:
-    """(what, top, dsp allowed, seed) in the order they run, cheapest first: the PEs at every seed, every array at
-    seed 1, the other seeds of the 4x4 and 8x8 arrays, and last the 16x16 INT8 x INT8 array in LUTs (the largest
-    design, most of the device)."""
+    """(what, top, dsp allowed, seed), cheapest first (``_cost``; extra seeds count five times): the PEs at seeds
+    1..N, the v1 and v2 WS arrays at seed 1, the v1 arrays up to 8x8 at the other seeds."""
     dsp_opts = {k: ((True, False) if k in MULTIPLIERS else (True,)) for k in PE_KINDS}
     if quick:
         return [("pe", pe_top(k, 32), d, 1) for k in ("pot_mnz", "int4") for d in dsp_opts[k]]
@@ -53,16 +42,19 @@ def jobs(quick: bool, seeds: int, big: bool, v2: bool) -> list[tuple[str, Top, b
     sizes = [(4, 4), (8, 8)] + ([(16, 16)] if big else [])
     arrays = [("array", array_top("ws", r, c, k, formats.ACC_BITS), d)
               for r, c in sizes for k in ARRAY_KINDS for d in dsp_opts[k]]
-    if v2:
-        arrays += [("array2", t, d) for r, c in sizes for k in ARRAY_KINDS for d in dsp_opts[k]
-                   if (t := array2_top(r, c, k, formats.ACC_BITS)) is not None]
-    extra = range(2, seeds + 1)
-    last = [a for a in arrays if a[1].params["rows"] > 8 and a[1].params["kind"] == "int8" and not a[2]]
-    first = [a for a in arrays if a not in last]
-    return ([(w, t, d, s) for s in range(1, seeds + 1) for w, t, d in pes]
-            + [(w, t, d, 1) for w, t, d in first]
-            + [(w, t, d, s) for rows in (4, 8) for s in extra for w, t, d in arrays if t.params["rows"] == rows]
-            + [(w, t, d, 1) for w, t, d in last])
+    arrays2 = [("array2", array_top("ws2", r, c, k, formats.ACC_BITS), d)
+               for r, c in sizes[:2] for k in ARRAY_KINDS for d in dsp_opts[k]] if v2 else []
+    runs = [(w, t, d, s) for s in range(1, seeds + 1) for w, t, d in pes]
+    runs += [(w, t, d, 1) for w, t, d in arrays + arrays2]
+    runs += [(w, t, d, s) for s in range(2, seeds + 1) for w, t, d in arrays if t.params["rows"] <= 8]
+    return sorted(runs, key=lambda j: _cost(j[1], j[2]) * (1 if j[3] == 1 else 5))
+
+
+def _cost(top: Top, dsp: bool) -> float:
+    """Rough place-and-route effort: PEs x LUTs per PE relative to PoT-MNZ (measured on the 4x4 arrays)."""
+    p = top.params
+    per_pe = {"int4": 2.6, "int8": 8.0}.get(p["kind"], 1.0) if not dsp else 1.0
+    return p.get("rows", 1) * p.get("cols", 1) * per_pe
 
 
 def k_tile_for_16_bits(kind: str, act_bits: int) -> int:
@@ -95,12 +87,13 @@ def sky130_areas(tops: list[Top]) -> dict[str, dict]:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (design, dsp): counts from seed 1, Fmax min/median/max over the seeds."""
+    """One row per (design, dsp): counts and P&R time from seed 1 (counts do not depend on the seed), Fmax
+    min/median/max over the seeds."""
     rows: dict[tuple, dict] = {}
     for r in runs:
         key = (r["name"], r["dsp"])
         row = rows.setdefault(key, {**{k: r[k] for k in ("what", "name", "params", "dsp", "fits")}, "fmax": []})
-        if r["seed"] == 1:
+        if "dut_luts" not in row or r["seed"] == 1:
             row.update({k: r[k] for k in ("dut_luts", "dut_lut4", "dut_ccu2c", "dut_pfumx", "dut_ff", "dut_mult18",
                                           "dut_bram", "pnr_comb", "pnr_ff", "pnr_dsp", "pnr_bram", "comb_available",
                                           "wrapper_ff", "critical_path", "pnr_s")})
@@ -154,7 +147,7 @@ def markdown(report: dict) -> str:
             mult = ("DSP" if r["dsp"] else "LUTs") if r["kind"] in MULTIPLIERS else "none"
             pes_n = r["params"]["rows"] * r["params"]["cols"]
             use = f"{100 * r['pnr_comb'] / r['comb_available']:.1f} %" if r["fits"] else "-"
-            label = f"{'v2 ' if r['what'] == 'array2' else ''}WS {r['size']}"
+            label = f"WS{'2' if r['what'] == 'array2' else ''} {r['size']}"
             out.append(f"| {label} | {r['kind']} | {mult} | {_fmax(r)} | {r['dut_luts']} | "
                        f"{r['dut_luts'] / pes_n:.1f} | {r['dut_ff']} | {r['dut_mult18']} | {use} | {r['pnr_s']} |")
     out += ["", report["sky130"], "", provenance_line(report["provenance"])]
@@ -166,14 +159,15 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="PoT-MNZ and INT4 PEs only, one seed")
     ap.add_argument("--seeds", type=int, default=3, help="placer seeds 1..N for PEs and arrays up to 8x8")
     ap.add_argument("--no-16x16", dest="big", action="store_false", help="leave out the 16x16 arrays")
-    ap.add_argument("--no-v2", dest="v2", action="store_false", help="leave out the protocol-v2 arrays")
+    ap.add_argument("--no-v2", dest="v2", action="store_false", help="leave out the protocol-v2 WS arrays")
+    ap.add_argument("--only", default="", help="run only the designs whose name contains this text (e.g. 16x16)")
     ap.add_argument("--cached", action="store_true", help="only read the cache; runs not in it are left out")
     ap.add_argument("--out", type=Path, default=None, help="folder for rtl_pnr.* (default docs/results; "
                     "--quick defaults to runs/rtl_pnr)")
     ap.add_argument("--cache", type=Path, default=pnr.CACHE_DIR)
     args = ap.parse_args()
     out_dir = args.out or (Path("runs") / "rtl_pnr" if args.quick else Path("docs") / "results")
-    todo = jobs(args.quick, 1 if args.quick else args.seeds, args.big, args.v2)
+    todo = [j for j in jobs(args.quick, 1 if args.quick else args.seeds, args.big, args.v2) if args.only in j[1].name]
     runs, t0 = [], time.perf_counter()
     for i, (what, top, dsp, seed) in enumerate(todo):
         text = verilog_text(top)

@@ -172,3 +172,32 @@ def test_sky130_area_of_a_pe():
     # 17 flip-flops (16-bit accumulator + overflow flag) of 20.0192 um^2 each
     assert area["seq_um2"] == pytest.approx(17 * 20.0192, abs=0.1)
     assert area["um2"] > area["seq_um2"] and area["cells"] > 17
+
+
+def _script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rtl_pnr_script", Path(__file__).parents[1] / "sw" / "rtl_pnr.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("kind,act_bits", [("pot_mnz", 4), ("mnz", 4), ("std", 4), ("int4", 4), ("int8", 8)])
+def test_k_bound_for_16_bits_agrees_with_acc_bits_needed(kind, act_bits):
+    from qift_hw.core import formats
+
+    k = _script().k_tile_for_16_bits(kind, act_bits)
+    assert formats.acc_bits_needed(k, kind, act_bits) <= 16 < formats.acc_bits_needed(k + 1, kind, act_bits)
+
+
+def test_summary_takes_the_median_over_seeds_and_flags_a_design_that_does_not_fit():
+    base = {"what": "array", "name": "a", "params": {"kind": "int4", "acc_bits": 32, "rows": 4, "cols": 4},
+            "dsp": False, "fits": True, "dut_luts": 10, "dut_lut4": 6, "dut_ccu2c": 2, "dut_pfumx": 0, "dut_ff": 5,
+            "dut_mult18": 0, "dut_bram": 0, "pnr_comb": 12, "pnr_ff": 9, "pnr_dsp": 0, "pnr_bram": 0,
+            "comb_available": 83640, "wrapper_ff": 4, "critical_path": "", "pnr_s": 1.0}
+    runs = [{**base, "seed": s, "fmax_mhz": f} for s, f in ((2, 90.0), (1, 120.0), (3, 100.0))]
+    runs.append({**base, "name": "b", "dsp": True, "fits": False, "dut_mult18": 256, "seed": 1, "fmax_mhz": 0.0})
+    a, b = _script().summarise(runs)
+    assert (a["fmax_min"], a["fmax_median"], a["fmax_max"], a["seeds"], a["size"]) == (90.0, 100.0, 120.0, 3, "4x4")
+    assert not b["fits"] and b["seeds"] == 0 and b["fmax_median"] is None

