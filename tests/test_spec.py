@@ -17,7 +17,7 @@ from qift_hw.core.errors import QiftError
 from qift_hw.study import points as points_mod
 from qift_hw.study import spec as S
 from qift_hw.study import tidy
-from test_explore import client  # noqa: F401  (the in-process Dask cluster fixture)
+from test_explore import client, qift  # noqa: F401  (the in-process Dask cluster fixture, the CLI runner)
 
 SPECS = Path(__file__).resolve().parents[1] / "sim" / "specs"
 CALLS: list[dict] = []
@@ -69,6 +69,18 @@ def test_bad_files(tmp_path):
     with pytest.raises(QiftError, match="no such file or folder"):
         S.check_model_source("./no/such/model")
     S.check_model_source("smollm2")
+
+
+def test_cli_refuses_bad_specs_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("points: [{levels: mnz}]\nmodel: ./no/such/folder\n")
+    for args, words in ((["--set", "calibration.seeds=[]"], "calibration.seeds is an empty list"),
+                        (["--set", "points.0.colour=red"], "unknown field points.0.colour"),
+                        (["--workers", "0"], "--workers must be at least 1"),
+                        ([], "no such file or folder")):
+        code, err = qift(monkeypatch, capsys, "run", "s.yaml", *args)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()  # nothing written, no cluster started
 
 
 def test_overrides_replace_fields():

@@ -35,8 +35,17 @@ def out_option(what: str) -> typer.models.OptionInfo:
     return typer.Option(None, "--out", help=f"Run folder for {what} (default: runs/<command>/<settings>).")
 
 
-SCHEDULER_HELP = "Address of a running Dask scheduler (tcp://host:8786); default: a local cluster."
-WORKERS_HELP = "Worker processes of the local cluster."
+def scheduler_option() -> typer.models.OptionInfo:
+    return typer.Option(None, "--scheduler", help="Address of a running Dask scheduler (tcp://host:8786); "
+                        "default: a local cluster.")
+
+
+def workers_option() -> typer.models.OptionInfo:
+    return typer.Option(None, "--workers", help="Worker processes of the local cluster.", show_default="one per core")
+
+
+def no_cache_option() -> typer.models.OptionInfo:
+    return typer.Option(False, "--no-cache", help="Run every point; neither read nor write the cache.")
 
 
 def check_cluster(workers: Optional[int], scheduler: Optional[str]) -> None:
@@ -46,6 +55,34 @@ def check_cluster(workers: Optional[int], scheduler: Optional[str]) -> None:
     if workers is not None and scheduler:
         raise QiftError("--workers sizes the local cluster; with --scheduler the cluster's own workers run the "
                         "points, so leave --workers out")
+
+
+def interrupted_grid(cache) -> Exception:
+    """The exit of a grid command stopped by Ctrl-C: how to resume, and what was kept."""
+    from qift_hw.cli.exits import Interrupted
+
+    kept = f"finished points are cached in {cache}" if cache else "nothing is kept (--no-cache)"
+    return Interrupted(f"interrupted; rerun the same command to resume ({kept})")
+
+
+def report_grid(run, failures: Sequence[str], paths: Sequence[Path], rows: Optional[int] = None) -> None:
+    """Print a grid run's counts, notes, failures and files on stderr; exit with FAILURE when a point failed."""
+    from rich.console import Console
+
+    from qift_hw.cli.exits import FAILURE
+
+    console = Console(stderr=True, soft_wrap=True)
+    s = run.summary()
+    console.print(f"{s['points']} points: {s['cached']} cached, {s['computed']} run ({s['failed']} failed) in "
+                  f"{s['seconds']:.1f} s on {s['workers'] or 'no'} worker(s)" + ("" if rows is None else
+                                                                                  f"; {rows} rows"), markup=False)
+    for note in run.notes:
+        console.print(note, markup=False)
+    for line in failures:
+        console.print(f"failed {line}", markup=False, highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in paths), markup=False, highlight=False)
+    if failures:
+        raise typer.Exit(FAILURE)
 
 
 def run_folder(out: Optional[Path], command: str, **settings) -> Path:

@@ -6,8 +6,8 @@ from typing import List, Optional
 import typer
 
 from qift_hw.cli.app import app
-from qift_hw.cli.options import (SCHEDULER_HELP, WORKERS_HELP, check_cluster, check_out_folder, out_option,
-                                 run_folder)
+from qift_hw.cli.options import (check_cluster, check_out_folder, interrupted_grid, no_cache_option, out_option,
+                                 report_grid, resolve_device, run_folder, scheduler_option, workers_option)
 
 
 @app.command("run")
@@ -17,9 +17,8 @@ def run_cmd(
     out: Optional[Path] = out_option("results_long.parquet/.csv, summary.md, run.json, spec.yaml and plots"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a spec field: FIELD=VALUE (dotted, "
                                              "value in YAML), e.g. --set calibration.seeds=[0,1,2]; repeatable."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP, show_default="one per core"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Run every point; neither read nor write the cache."),
+    scheduler: Optional[str] = scheduler_option(), workers: Optional[int] = workers_option(),
+    no_cache: bool = no_cache_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (one step per point)."),
 ) -> None:
     """Run every point x seed of a spec (resuming from the cache) and write the long table, the aggregate over
@@ -28,11 +27,9 @@ def run_cmd(
 
     from rich.console import Console
 
-    from qift_hw.cli import exits
-    from qift_hw.cli.options import resolve_device
     from qift_hw.study.grid import failure_lines, run_grid
     from qift_hw.study.points import run_point
-    from qift_hw.study.spec import (check_model_source, describe, expand, identity, load_spec, resolved_yaml)
+    from qift_hw.study.spec import check_model_source, describe, expand, identity, load_spec, resolved_yaml
     from qift_hw.study.tidy import FILES, aggregate, long_table, write_outputs
 
     check_cluster(workers, scheduler)
@@ -46,26 +43,16 @@ def run_cmd(
     folder = run_folder(out, "run", spec=spec.name or spec_file.stem)
     check_out_folder(folder, FILES)
     points = expand(spec)
-    console = Console(stderr=True, soft_wrap=True)
     cache = None if no_cache or spec.cache is None else Path(spec.cache)
-    console.print(f"{len(points)} point(s) x seed(s) from {spec_file}; cache {cache or 'off'}", markup=False)
+    Console(stderr=True).print(f"{len(points)} point(s) x seed(s) from {spec_file}; cache {cache or 'off'}",
+                               markup=False)
     try:
         run = run_grid(run_point, points, cache_dir=cache, identity=identity, scheduler=scheduler, workers=workers,
                        chunk_size=1, progress=progress, label=spec.name or spec_file.stem)
     except KeyboardInterrupt:
-        kept = f"finished points are cached in {cache}" if cache else "nothing is kept (--no-cache)"
-        raise exits.Interrupted(f"interrupted; rerun the same command to resume ({kept})") from None
+        raise interrupted_grid(cache) from None
     failures = failure_lines(run, describe)
     df = long_table(run)
     agg = aggregate(df)
     paths = write_outputs(folder, df, agg, run, resolved_yaml(spec), str(spec_file), failures)
-    s = run.summary()
-    console.print(f"{s['points']} points: {s['cached']} cached, {s['computed']} run ({s['failed']} failed) in "
-                  f"{s['seconds']:.1f} s on {s['workers'] or 'no'} worker(s)", markup=False)
-    for note in run.notes:
-        console.print(note, markup=False)
-    for line in failures:
-        console.print(f"failed {line}", markup=False, highlight=False)
-    console.print("wrote " + ", ".join(str(p) for p in paths), markup=False, highlight=False)
-    if failures:
-        raise typer.Exit(exits.FAILURE)
+    report_grid(run, failures, paths)
