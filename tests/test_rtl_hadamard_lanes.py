@@ -308,3 +308,13 @@ def test_cocotb_real_orders(sim, n, lanes):
     """SmolLM2's hidden 576 = 36 x 16 and intermediate 1536 = 12 x 128 at 16 lanes: y exceeds 2^24, so the FP32
     rounding of y is exercised; Gaussian activations with outlier channels, 6 tokens, random stalls both sides."""
     _cocotb(sim, n, lanes, 6, n)
+
+
+def test_usable_lanes_by_brute_force():
+    """usable_lanes = the largest power of two <= the budget that divides n and is below it."""
+    from qift_hw.sim.hadamard_timing import usable_lanes
+
+    for n in (4, 12, 24, 48, 64, 72, 576, 1536, 11008):
+        for budget in (2, 3, 8, 16, 20, 64, 128, 4096):
+            want = max(L for L in (2 ** i for i in range(1, 16)) if L <= budget and n % L == 0 and L < n)
+            assert usable_lanes(n, budget) == want, (n, budget)

@@ -298,8 +298,6 @@ class HadamardLaneUnit(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += zw.en.eq(self.i.valid)
                 m.d.comb += [zw.data[lane].eq(lanes[lane]) for lane in range(L)]
-                if self.passes == 0 and K == 1:
-                    m.d.comb += [fin_we.eq(self.i.valid)] + [fin_data[lane].eq(lanes[lane]) for lane in range(L)]
                 with m.If(self.i.valid):
                     m.d.sync += row.eq(row + 1)
                     with m.If(row == 0):
@@ -395,3 +393,23 @@ def unpack_beats(words: list[int], lanes: int) -> dict[str, list]:
     return {"q": [[field(w, "q", True, i * qb, qb) for i in range(lanes)] for w in words],
             "scale": [field(w, "scale", False) for w in words], "exp": [field(w, "exp", True) for w in words],
             "last": [field(w, "last", False) for w in words]}
+
+
+def quantizer_area(lanes: int, y_bits: int, old: bool = False) -> dict:
+    """Generic Yosys cells and flip-flops of the lane quantizer (or, ``old``, of ``Int4Quantizer`` with as many
+    lanes), synthesised alone with the flow of ``qift-hw rtl area``."""
+    import tempfile
+    from pathlib import Path
+
+    from amaranth.back import verilog
+
+    from qift_hw.rtl.area import _design_totals, _run_stat, find_yosys
+
+    comp = Int4Quantizer(lanes, y_bits) if old else LaneQuantizer(lanes, y_bits)
+    text = verilog.convert(comp, name="quantizer", emit_src=False, strip_internal_attrs=True)
+    with tempfile.TemporaryDirectory(prefix="qift_synth_") as tmp:
+        src = Path(tmp) / "quantizer.v"
+        src.write_text(text)
+        cells, types = _design_totals(_run_stat(find_yosys(), src, "quantizer", "generic", Path(tmp)))
+    return {"quantizer": type(comp).__name__, "lanes": lanes, "y_bits": y_bits, "generic_cells": cells,
+            "generic_ff": sum(v for k, v in types.items() if "DFF" in k)}

@@ -45,3 +45,12 @@ def lane_unit_cycles(vectors: int, n: int, lanes: int) -> int:
     if vectors < 0:
         raise QiftError(f"vectors must be >= 0, got {vectors}")
     return vectors * lane_unit_period(n, lanes) if vectors else 0
+
+
+def usable_lanes(n: int, lanes: int) -> int:
+    """The lane count the unit is built with for order n on a datapath of at most ``lanes`` lanes: the largest power
+    of two <= lanes that divides n and is below it (so the cycle model can ask with any lane budget)."""
+    if lanes < 2 or n < 4:
+        raise QiftError(f"the lane-multiplexed unit needs lanes >= 2 and n >= 4, got lanes = {lanes}, n = {n}")
+    L = min(1 << (lanes.bit_length() - 1), n & -n)
+    return L // 2 if L >= n else L
