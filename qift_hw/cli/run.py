@@ -20,6 +20,8 @@ def run_cmd(
     scheduler: Optional[str] = scheduler_option(), workers: Optional[int] = workers_option(),
     no_cache: bool = no_cache_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (one step per point)."),
+    list_points: bool = typer.Option(False, "--list", help="Print the points x seeds and the resolved spec; run "
+                                     "nothing."),
 ) -> None:
     """Run every point x seed of a spec (resuming from the cache) and write the long table, the aggregate over
     seeds and the plots."""
@@ -40,9 +42,12 @@ def run_cmd(
         cores = os.cpu_count() or 1
         spec = spec.model_copy(update={"threads": max(1, cores // (workers or cores))})
     check_model_source(spec.model)
+    points = expand(spec)
+    if list_points:
+        print(resolved_yaml(spec) + "\n".join(f"{k}: {describe(p)}" for k, p in enumerate(points)))
+        return
     folder = run_folder(out, "run", spec=spec.name or spec_file.stem)
     check_out_folder(folder, FILES)
-    points = expand(spec)
     cache = None if no_cache or spec.cache is None else Path(spec.cache)
     Console(stderr=True).print(f"{len(points)} point(s) x seed(s) from {spec_file}; cache {cache or 'off'}",
                                markup=False)
