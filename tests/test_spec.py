@@ -67,8 +67,10 @@ def test_bad_files(tmp_path):
     with pytest.raises(QiftError, match="not valid YAML at line"):
         S.load_spec(tmp_path / "bad.yaml")
     with pytest.raises(QiftError, match="no such file or folder"):
-        S.check_model_source("./no/such/model")
-    S.check_model_source("smollm2")
+        S.check_sources(S.parse_spec(base(model="./no/such/model")))
+    with pytest.raises(QiftError, match="missing.txt"):
+        S.check_sources(S.parse_spec(base(text=str(tmp_path / "missing.txt"))))
+    S.check_sources(S.parse_spec(base()))
 
 
 def test_cli_refuses_bad_specs_in_one_line(tmp_path, monkeypatch, capsys):

@@ -31,7 +31,7 @@ def run_cmd(
 
     from qift_hw.study.grid import failure_lines, run_grid
     from qift_hw.study.points import run_point
-    from qift_hw.study.spec import check_model_source, describe, expand, identity, load_spec, resolved_yaml
+    from qift_hw.study.spec import check_sources, describe, expand, identity, load_spec, resolved_yaml
     from qift_hw.study.tidy import FILES, aggregate, long_table, write_outputs
 
     check_cluster(workers, scheduler)
@@ -41,7 +41,7 @@ def run_cmd(
     if spec.threads is None and not scheduler:  # the local cluster's workers share the cores
         cores = os.cpu_count() or 1
         spec = spec.model_copy(update={"threads": max(1, cores // (workers or cores))})
-    check_model_source(spec.model)
+    check_sources(spec)
     points = expand(spec)
     if list_points:
         print(resolved_yaml(spec) + "\n".join(f"{k}: {describe(p)}" for k, p in enumerate(points)))

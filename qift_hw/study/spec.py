@@ -354,10 +354,16 @@ def describe(point: Mapping[str, Any]) -> str:
     return f"{point['label']}{calib}" + (f" ({', '.join(seeds)})" if seeds else "")
 
 
-def check_model_source(model: str) -> None:
-    """QiftError when the model names a local path that does not exist (before any worker tries to load it);
-    the rule of `qift_hw.algo.models.load_model`: a path starts with . / ~, has two slashes or ends in .gguf."""
+def check_sources(spec: RunSpec) -> None:
+    """QiftError, before any worker starts, when the model names a local path that does not exist (the rule of
+    `qift_hw.algo.models.load_model`: a path starts with . / ~, has two slashes or ends in .gguf) or a local
+    text cannot be read."""
+    from qift_hw.algo.data import HUB_SOURCES, load_text
+
+    model = spec.model
     local = model.startswith((".", "/", "~")) or model.count("/") > 1 or model.lower().endswith(".gguf")
     if local and not Path(model).expanduser().exists():
         raise QiftError(f"model {model!r}: no such file or folder; give a HF folder, a .gguf file, a hub id or "
                         "smollm2")
+    if spec.text not in HUB_SOURCES:
+        load_text(spec.text, "eval")
