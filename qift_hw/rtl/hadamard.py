@@ -214,20 +214,7 @@ class Int4Quantizer(wiring.Component):
             return reg
 
         # stage 1: |y|, sign, max |y|
-        mags = []
-        for i, v in enumerate(lanes):
-            mag = Signal(unsigned(yb), name=f"q0_mag_{i}")
-            m.d.comb += mag.eq(Mux(v < 0, -v, v))
-            mags.append(mag)
-        level = mags
-        while len(level) > 1:
-            nxt = []
-            for i in range(0, len(level) - 1, 2):
-                big = Signal(unsigned(yb), name=f"q0_max_{len(level)}_{i}")
-                m.d.comb += big.eq(Mux(level[i] > level[i + 1], level[i], level[i + 1]))
-                nxt.append(big)
-            level = nxt + ([level[-1]] if len(level) % 2 else [])
-        amax = level[0]
+        mags, amax = abs_max_tree(m, lanes, yb, "q0_mag_", "q0_max_")
         mag1 = [stage(f"q1_mag_{i}", mags[i], unsigned(yb)) for i in range(n)]
         neg1 = [stage(f"q1_neg_{i}", lanes[i] < 0, 1) for i in range(n)]
         a1 = stage("q1_amax", amax, unsigned(yb))
@@ -319,6 +306,24 @@ class Int4Quantizer(wiring.Component):
         exp = Signal(signed(formats.FP32_EXP_BITS), name=f"{name}_exp")
         m.d.comb += exp.eq(e_base + d + over)
         return Mux(over, rounded >> 1, rounded)[:SIG + 1], exp
+
+
+def abs_max_tree(m: Module, values, bits: int, mag_prefix: str, max_prefix: str):
+    """(|v| per lane, max over the lanes) as ``bits``-wide unsigned signals: negators and a comparator tree."""
+    mags = []
+    for i, v in enumerate(values):
+        mag = Signal(unsigned(bits), name=f"{mag_prefix}{i}")
+        m.d.comb += mag.eq(Mux(v < 0, -v, v))
+        mags.append(mag)
+    level = mags
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level) - 1, 2):
+            big = Signal(unsigned(bits), name=f"{max_prefix}{len(level)}_{i}")
+            m.d.comb += big.eq(Mux(level[i] > level[i + 1], level[i], level[i + 1]))
+            nxt.append(big)
+        level = nxt + ([level[-1]] if len(level) % 2 else [])
+    return mags, level[0]
 
 
 def scale_fields(m: Module, amax, y_bits: int, qmax: int):

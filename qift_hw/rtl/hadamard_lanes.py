@@ -29,8 +29,8 @@ from amaranth.lib.wiring import In, Out
 
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
-from qift_hw.rtl.hadamard import (SIG, THRESHOLD_FRAC, Int4Quantizer, _threshold_constants, hadamard_split, k_matrix,
-                                  output_bits, scale_fields)
+from qift_hw.rtl.hadamard import (SIG, THRESHOLD_FRAC, Int4Quantizer, _threshold_constants, abs_max_tree,
+                                  hadamard_split, k_matrix, output_bits, scale_fields)
 from qift_hw.rtl.pe import silence_unused
 from qift_hw.sim.hadamard_timing import SCALE_CYCLES, lane_unit_period
 
@@ -241,22 +241,9 @@ class HadamardLaneUnit(wiring.Component):
         m.d.comb += quant.amax.eq(amax)
 
         # max|y| over every final write of the vector
-        mags = []
-        for lane in range(L):
-            mag = Signal(unsigned(ob), name=f"fin_mag{lane}")
-            v = fin_data[lane]
-            m.d.comb += mag.eq(Mux(v < 0, -v, v))
-            mags.append(mag)
-        level = mags
-        while len(level) > 1:
-            nxt = []
-            for i in range(0, len(level) - 1, 2):
-                big = Signal(unsigned(ob), name=f"fin_max_{len(level)}_{i}")
-                m.d.comb += big.eq(Mux(level[i] > level[i + 1], level[i], level[i + 1]))
-                nxt.append(big)
-            level = nxt + ([level[-1]] if len(level) % 2 else [])
-        with m.If(fin_we & (level[0] > amax)):
-            m.d.sync += amax.eq(level[0])
+        _, fin_max = abs_max_tree(m, [fin_data[lane] for lane in range(L)], ob, "fin_mag", "fin_max_")
+        with m.If(fin_we & (fin_max > amax)):
+            m.d.sync += amax.eq(fin_max)
 
         # LOAD: butterfly stages inside a row on the way in
         lanes = [self.i.payload.x[lane] for lane in range(L)]
