@@ -194,10 +194,9 @@ def tiny(tmp_path_factory):
 
 
 def test_tiny_grid_equals_direct_call_and_reruns_from_cache(tiny, tmp_path, client):
-    import torch
-
     from qift_hw.algo.config import QuantConfig
     from qift_hw.algo.data import get_windows
+    from qift_hw.algo.evaluate import evaluate_ppl
     from qift_hw.algo.models import load_model
     from qift_hw.study.experiments import Point, run_points
     from qift_hw.study.grid import run_grid
@@ -229,9 +228,7 @@ def test_tiny_grid_equals_direct_call_and_reruns_from_cache(tiny, tmp_path, clie
     for res, cfg in zip(run.results[1:], configs, strict=True):
         (direct,) = run_points([Point(cfg.label(), "quant", cfg)], model, tok, ev, progress=False)
         assert res.rows[0]["ppl"] == pytest.approx(direct["ppl"], rel=1e-6)
-    with torch.no_grad():
-        from qift_hw.algo.evaluate import evaluate_ppl
-        assert run.results[0].rows[0]["ppl"] == pytest.approx(evaluate_ppl(model, ev, progress=False), rel=1e-6)
+    assert run.results[0].rows[0]["ppl"] == pytest.approx(evaluate_ppl(model, ev, progress=False), rel=1e-6)
 
     CALLS.clear()
     again = run_grid(counted_run_point, pts, cache_dir=tmp_path / "cache", identity=S.identity, client=client,
