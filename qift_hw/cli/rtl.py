@@ -85,10 +85,17 @@ def verify_cmd(
     only: str = typer.Option("", "--only", help="Comma-separated case names to run (default: all)."),
     build_dir: Path = typer.Option(Path("sim_build"), "--build-dir", help="Simulator build/cache folder."),
     out: Optional[Path] = out_option("rtl_verify_<sim>.json and .csv"),
+    suite: str = typer.Option("cases", "--suite", help="cases: PE, arrays and Hadamard unit; tile: the accelerator "
+                              "tile (qift_hw.verify.tile_cases; --quick = the default-test cases)."),
 ) -> None:
     """Run the cocotb benches against the bit-accurate model and print a pass/fail summary with cycle counts."""
     import json
     import time
+
+    if suite == "tile":
+        return _verify_tile(sim, quick, seed, only, build_dir, out)
+    if suite != "cases":
+        raise QiftError(f"unknown --suite {suite!r}; use cases or tile")
 
     from rich.console import Console
     from rich.progress import Progress
@@ -154,6 +161,39 @@ def verify_cmd(
                                                 "wall_cycles", "build_s", "run_s", "note", "problems"))
     console.print(f"saved {path}, {path.with_suffix('.csv')}")
     if n_pass != len(results):
+        raise typer.Exit(1)
+
+
+def _verify_tile(sim: str, quick: bool, seed: int, only: str, build_dir: Path, out: Optional[Path]) -> None:
+    """`rtl verify --suite tile`: the tile cases, a summary table and the merged coverage."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qift_hw.verify.cases import check_sim_name
+    from qift_hw.verify.simulate import use_simulator
+    from qift_hw.verify.tile_cases import verify_tile_suite
+
+    check_sim_name(sim)
+    use_simulator(sim)
+    folder = run_folder(out, "rtl_verify_tile", sim=sim, seed=seed, quick=quick, only=only.replace(",", "+") or None)
+    check_out_folder(folder, (f"rtl_verify_tile_{sim}.json", f"tile_coverage_{sim}.xml"))
+    data = verify_tile_suite(sim, folder, build_dir, quick, tuple(parse_list(only)) if only else (), seed)
+    table = Table(title=f"Tile verification on {sim}")
+    for col in ("case", "job", "M x K x N", "result", "cycles", "gemm_compute", "wrong outputs", "sim s"):
+        table.add_column(col)
+    for c in data["cases"]:
+        for j in c["jobs"] or [{}]:
+            shape = f"{j['M']}x{j['K']}x{j['N']}" if "M" in j else ("reset mid-run" if j.get("reset") else "-")
+            table.add_row(c["name"], str(j.get("job", "-")), shape, "[green]pass" if c["passed"] else "[red]FAIL",
+                          str(j.get("cycles", "-")), str(j.get("expected_cycles", "-")), str(j.get("wrong", "-")),
+                          f"{c['run_s']:.1f}")
+    console = Console(width=max(Console().width, 150))
+    console.print(table)
+    for name, (hit, size) in data["coverage"].items():
+        console.print(f"coverage {name}: {hit}/{size}")
+    console.print(f"{data['passed']}/{data['total']} passed on {sim}; saved {folder}/rtl_verify_tile_{sim}.json, "
+                  f"{data['coverage_xml']}")
+    if data["passed"] != data["total"]:
         raise typer.Exit(1)
 
 

@@ -83,10 +83,10 @@ class Tile(wiring.Component):
         except QiftError:
             silence_unused(self)
             raise
+        silence_unused(self.array)  # a submodule: the tile itself warns if it is never elaborated
         for name, d in (("w_depth", w_depth), ("a_depth", a_depth), ("o_depth", o_depth)):
             if not (isinstance(d, int) and 1 <= d <= MAX_DEPTH):
                 silence_unused(self)
-                silence_unused(self.array)
                 raise QiftError(f"{name} must be an integer 1..{MAX_DEPTH} words, got {d!r}")
         self.rows, self.cols, self.kind, self.acc_bits = rows, cols, kind, acc_bits
         self.w_depth, self.a_depth, self.o_depth = w_depth, a_depth, o_depth

@@ -18,7 +18,7 @@ import numpy as np
 
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
-from qift_hw.rtl.tile import DIM_BITS, TARGETS, Tile, tile_top
+from qift_hw.rtl.tile import DIM_BITS, STATES, TARGETS, Tile, tile_top
 
 BENCH = "bench_tile"
 QUICK_TILE = ("tile_random", "tile_smollm2_reduced")
@@ -139,6 +139,8 @@ class Job:
     reset_after: int | None = None
     """Reset the tile this many advancing cycles into the run (the job gives no outputs)."""
     coverage: dict = field(default_factory=dict)
+    acts: np.ndarray | None = None
+    codes: np.ndarray | None = None
 
 
 @dataclass
@@ -153,7 +155,7 @@ class TileCase:
     note: str = ""
 
     def build(self) -> Tile:
-        return Tile(**self.tile)
+        return layout_tile(self.tile)
 
     def top(self):
         return tile_top(**self.tile)
@@ -163,10 +165,11 @@ class TileCase:
         tile = self.build()
         stim: dict = {"jobs": [], "rows": tile.rows, "cols": tile.cols, "acc_bits": tile.acc_bits,
                       "hold_prob": self.hold_prob, "valid_prob": self.valid_prob, "ready_prob": self.ready_prob,
-                      "seed": self.seed, "states": list(__import__("qift_hw.rtl.tile", fromlist=["STATES"]).STATES)}
+                      "seed": self.seed, "states": list(STATES)}
         for i, job in enumerate(self.jobs):
-            stim[f"load{i}"] = np.array([pack_load(tile, t, a, w) for t, a, w in job.loads], dtype=object
-                                        ).astype(str) if job.loads else np.zeros(0, dtype=str)
+            beats = [str(pack_load(tile, t, a, w)) for t, a, w in job.loads]
+            stim[f"load{i}"] = np.array(beats or [""])[:len(beats)]
+            stim[f"acts{i}"], stim[f"codes{i}"] = job.acts, job.codes
             entry = {"cmd": str(pack_cmd(tile, command_words(tile, job.cmd))), "M": job.cmd.M, "K": job.cmd.K,
                      "N": job.cmd.N, "cycles": job.cycles, "reset_after": job.reset_after,
                      "coverage": job.coverage}
@@ -175,6 +178,15 @@ class TileCase:
                 stim[f"ovf{i}"] = job.expected_ovf.astype(bool)
             stim["jobs"].append(entry)
         return stim
+
+
+def layout_tile(params: dict) -> Tile:
+    """A tile built only to read its layouts and buffer sizes (never elaborated)."""
+    from qift_hw.rtl.pe import silence_unused
+
+    tile = Tile(**params)
+    silence_unused(tile)
+    return tile
 
 
 def make_job(tile: Tile, acts: np.ndarray, codes: np.ndarray, cmd: Command | None = None, load: bool = True,
@@ -206,7 +218,7 @@ def make_job(tile: Tile, acts: np.ndarray, codes: np.ndarray, cmd: Command | Non
            "partial_m": bool(cmd.m_tile) and M % cmd.m_tile != 0, "short_m": min(M, cmd.m_tile or M) < tile.rows,
            "saturates": bool(ref_ovf.any()), "tiles": math.ceil(K / tile.rows) * math.ceil(N / tile.cols)}
     return Job(cmd, loads, None if reset_after is not None else ref, None if reset_after is not None else ref_ovf,
-               cycles, reset_after, cov)
+               cycles, reset_after, cov, acts, codes)
 
 
 def load_real_tiles(path: Path | None = None) -> dict:
@@ -238,19 +250,24 @@ def tile_cases(seed: int = 0, tiles_file: Path | None = None) -> list[TileCase]:
     """The tile suite: random shapes with back-pressure everywhere and a mid-run reset, the real SmolLM2 slice
     (reduced and whole), accumulator saturation."""
     rng = np.random.default_rng(seed)
-    small = Tile(**SMALL_TILE)
+    small = layout_tile(SMALL_TILE)
     jobs = []
     for M, K, N, mt in ((6, 11, 9, 4), (3, 5, 2, 0), (9, 13, 7, 4), (1, 4, 4, 0)):
         a, w = _rand(rng, M, K, N)
         jobs.append(make_job(small, a, w, Command(M, K, N, mt, w_base=4 * N, a_base=8, o_base=4)))
+    for _ in range(2):  # random shapes
+        M, K, N = int(rng.integers(1, 11)), int(rng.integers(1, 21)), int(rng.integers(1, 13))
+        a, w = _rand(rng, M, K, N)
+        jobs.append(make_job(small, a, w, Command(M, K, N, int(rng.integers(0, M + 1)))))
     a, w = _rand(rng, 5, 12, 10)
     jobs.insert(2, make_job(small, a, w, Command(5, 12, 10), reset_after=17))
     # a second run of the last GEMM on the words already loaded: its command waits while the tile is busy
     last = jobs[-1]
-    jobs.append(Job(last.cmd, [], last.expected, last.expected_ovf, last.cycles, None, last.coverage))
+    jobs.append(Job(last.cmd, [], last.expected, last.expected_ovf, last.cycles, None, last.coverage, last.acts,
+                    last.codes))
     cases = [TileCase("tile_random", SMALL_TILE, jobs, seed=seed,
                       note="random M x K x N with partial K/N/M tiles, M < R, bases, a mid-run reset, repeat run")]
-    sat = Tile(**SAT_TILE)
+    sat = layout_tile(SAT_TILE)
     M, K, N = 6, 24, 7
     a = np.where(rng.random((M, K)) < 0.5, formats.ACT_QMIN, formats.ACT_QMAX)
     w = rng.choice([1, 3], (N, K))  # the largest magnitudes of both signs
@@ -261,8 +278,155 @@ def tile_cases(seed: int = 0, tiles_file: Path | None = None) -> list[TileCase]:
     red = [make_job(small, acts[:4, :64], codes[:12, :64], Command(4, 64, 12))]
     cases.append(TileCase("tile_smollm2_reduced", SMALL_TILE, red, hold_prob=0.05, seed=seed,
                           note="SmolLM2 GPTQ PoT-MNZ q_proj: 12 channels x 64 inputs, 4 tokens"))
-    lay = Tile(**LAYER_TILE)
+    lay = layout_tile(LAYER_TILE)
     whole = [make_job(lay, acts, codes, Command(acts.shape[0], acts.shape[1], codes.shape[0], 8))]
     cases.append(TileCase("tile_smollm2_qproj_slice", LAYER_TILE, whole, hold_prob=0.0, valid_prob=1.0,
                           ready_prob=1.0, seed=seed, note="SmolLM2 GPTQ PoT-MNZ q_proj: 64 channels x 576, 16 tokens"))
     return cases
+
+
+@dataclass
+class TileResult:
+    """One tile case on one simulator: pass/fail, per-job rows, coverage and times."""
+
+    name: str
+    sim: str
+    top: str
+    passed: bool
+    problems: list
+    jobs: list
+    sim_cycles: int
+    build_s: float
+    run_s: float
+    loop_s: float
+    coverage: dict
+    coverage_xml: str
+    note: str = ""
+    free_cycles: int = 0
+    """Cycles the simulator ran without the bench stepping it (the compute of a job without stalls) ..."""
+    free_s: float = 0.0
+    """... and their wall time."""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def run_tile_case(case: TileCase, sim: str, build_root: Path | None = None) -> TileResult:
+    """Generate the case's tile, build it (cached) and run ``sim/bench_tile.py`` on it."""
+    import time
+
+    from qift_hw.rtl.generate import write_top
+    from qift_hw.verify.simulate import BUILD_ROOT, run_bench
+
+    root = Path(build_root) if build_root else BUILD_ROOT
+    top = case.top()
+    verilog = write_top(top, root / "verilog")
+    t0 = time.perf_counter()
+    run = run_bench(sim, verilog, top.name, BENCH, case.stimulus(), build_root=root, tag=case.name)
+    s = run.summary
+    problems = [] if run.passed else [run.message or "bench failed"]
+    jobs = s.get("jobs", [])
+    if run.passed and len(jobs) != len(case.jobs):
+        problems.append(f"the bench finished {len(jobs)} of {len(case.jobs)} jobs")
+    xml = root / sim / top.name / f"run_{case.name}" / "coverage.xml"
+    return TileResult(case.name, sim, top.name, not problems, problems, jobs, int(s.get("sim_cycles", 0)),
+                      round(run.build_s, 2), round(time.perf_counter() - t0 - run.build_s, 2),
+                      round(float(s.get("loop_s", 0.0)), 2), s.get("coverage", {}),
+                      str(xml) if xml.exists() else "", case.note, int(s.get("free_cycles", 0)),
+                      round(float(s.get("free_s", 0.0)), 3))
+
+
+def merge_coverage(results: list[TileResult], out: Path) -> dict:
+    """Merge the benches' coverage XML files into ``out`` (cocotb-coverage's merge) and return per cover item
+    (covered, size) of the merged report."""
+    import logging
+    import xml.etree.ElementTree as ET
+
+    from cocotb_coverage.coverage import merge_coverage as merge
+
+    files = [r.coverage_xml for r in results if r.coverage_xml]
+    if not files:
+        raise QiftError("no coverage files to merge; run the tile benches first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    merge(logging.getLogger("qift_hw.tile_coverage").info, str(out), *files)
+    summary = {}
+    for el in ET.parse(out).getroot().iter():
+        name = el.attrib.get("abs_name", "").removeprefix("top.")
+        if "size" in el.attrib and name.count(".") == 2:
+            summary[name] = [int(el.attrib["coverage"]), int(el.attrib["size"])]
+    return summary
+
+
+def run_amaranth(tile: Tile, jobs: list[Job], hold_prob: float = 0.0, seed: int = 0) -> list[dict]:
+    """Run the jobs on ``tile`` in the Amaranth simulator (loads back to back, drain always ready, ``hold`` at
+    random): per job the drained values and flags, the ``cycles`` count and the ``err`` bit (reset jobs are not
+    supported here)."""
+    from amaranth.sim import Simulator
+
+    rng = np.random.default_rng(seed)
+    out: list[dict] = []
+
+    async def bench(ctx):
+        for job in jobs:
+            for target, addr, word in job.loads:
+                ctx.set(tile.load.payload, tile.load_layout.const({"target": TARGETS[target], "addr": addr,
+                                                                    "data": word}))
+                ctx.set(tile.load.valid, 1)
+                await ctx.tick()
+            ctx.set(tile.load.valid, 0)
+            fields = {"m": job.cmd.M, "k": job.cmd.K, "n": job.cmd.N, "mt": job.cmd.m_tile,
+                      "w_base": job.cmd.w_base // tile.cols, "a_base": job.cmd.a_base // tile.rows,
+                      "o_base": job.cmd.o_base // tile.cols}
+            ctx.set(tile.cmd.payload, tile.cmd_layout.const(fields))
+            ctx.set(tile.cmd.valid, 1)
+            await ctx.tick()
+            ctx.set(tile.cmd.valid, 0)
+            ctx.set(tile.drain.ready, 1)
+            if ctx.get(tile.err):
+                out.append({"err": 1})
+                continue
+            want = math.ceil(job.cmd.N / tile.cols) * job.cmd.M
+            beats, cycles = [], 0
+            for _ in range(8 * job.cycles + 4 * want + 100):
+                ctx.set(tile.hold, int(rng.random() < hold_prob))
+                if ctx.get(tile.drain.valid):
+                    beats.append(ctx.get(tile.drain.payload).as_value().value)
+                    cycles = ctx.get(tile.cycles)
+                await ctx.tick()
+                if len(beats) == want:
+                    break
+            ctx.set(tile.hold, 0)
+            vals, flags = unpack_drain(beats, job.cmd.M, job.cmd.N, tile.cols, tile.acc_bits)
+            out.append({"values": vals, "ovf": flags, "cycles": cycles, "err": 0})
+
+    sim = Simulator(tile)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def verify_tile_suite(sim: str, folder: Path, build_root: Path | None = None, quick: bool = False,
+                      only: tuple[str, ...] = (), seed: int = 0) -> dict:
+    """Run the tile cases on ``sim``, merge their coverage into ``folder/tile_coverage_<sim>.xml`` and write
+    ``folder/rtl_verify_tile_<sim>.json`` (results, merged coverage, provenance); returns what it wrote."""
+    import time
+
+    from qift_hw.core.io import write_json
+    from qift_hw.core.provenance import provenance
+
+    cases = tile_cases(seed)
+    known = [c.name for c in cases]
+    unknown = sorted(set(only) - set(known))
+    if unknown:
+        raise QiftError(f"unknown tile case(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    cases = [c for c in cases if (c.name in only if only else (not quick or c.name in QUICK_TILE))]
+    t0 = time.perf_counter()
+    results = [run_tile_case(c, sim, build_root) for c in cases]
+    cov_path = Path(folder) / f"tile_coverage_{sim}.xml"
+    coverage = merge_coverage(results, cov_path) if any(r.coverage_xml for r in results) else {}
+    data = {"sim": sim, "seed": seed, "quick": quick, "seconds": round(time.perf_counter() - t0, 1),
+            "passed": sum(r.passed for r in results), "total": len(results), "coverage": coverage,
+            "coverage_xml": str(cov_path), "cases": [r.as_dict() for r in results], "provenance": provenance()}
+    write_json(Path(folder) / f"rtl_verify_tile_{sim}.json", data)
+    return data
