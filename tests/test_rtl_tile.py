@@ -177,3 +177,15 @@ def test_icarus(name, tmp_path):
 @pytest.mark.parametrize("name", SIM_CASES)
 def test_verilator(name, tmp_path):
     _run("verilator", name, tmp_path)
+
+
+@pytest.mark.parametrize("R,C", [(1, 3), (2, 1), (1, 1)])
+def test_amaranth_degenerate_arrays(R, C):
+    """1-row and 1-column arrays: no skew registers on one side, a 0-bit load counter at R = 1."""
+    rng = np.random.default_rng(R * 10 + C)
+    tile = _fresh(rows=R, cols=C, acc_bits=16, w_depth=128, a_depth=64, o_depth=64)
+    M, K, N = 3, 5, 4
+    a, w = rng.integers(-8, 8, (M, K)), rng.integers(0, 4, (N, K))
+    got = run_amaranth(tile, [make_job(tile, a, w, Command(M, K, N, 2))], hold_prob=0.2)[0]
+    np.testing.assert_array_equal(got["values"], direct_reference(a, w, "pot_mnz", 16)[0])
+    assert got["cycles"] == gemm_compute("ws", M, K, N, R, C, 2).cycles
