@@ -80,6 +80,21 @@ def _raw_threshold_rtl(m: Module, t, width: int, name: str):
     return Mux(t > (1 << SIG), moved, t)
 
 
+def _count_reached(mag, ths: list):
+    """How many of the sorted thresholds ``ths`` (a power of two of them) ``mag`` reaches, by binary search: log2(T)
+    comparators against multiplexed thresholds find it among the first T - 1, one more compares with the last
+    (T = 8: four comparators per lane instead of eight)."""
+    lg = len(ths).bit_length() - 1
+    if len(ths) != 1 << lg:
+        raise QiftError(f"the lane quantizer's binary search needs a power of two of thresholds, got {len(ths)}")
+    bits = []
+    for level in range(lg):
+        span = 1 << (lg - level)
+        pick = [ths[pv * span + span // 2 - 1] for pv in range(1 << level)]
+        bits.append(mag >= (Array(pick)[Cat(*reversed(bits))] if bits else pick[0]))
+    return Cat(*reversed(bits)) + (mag >= ths[-1])
+
+
 def _threshold_steps(qmax: int) -> list[tuple[int, int, int]]:
     """Each threshold constant of ``hadamard._threshold_constants`` as (odd factor f, shift h, sign): K_j =
     f * 2^(THRESHOLD_FRAC - 1) + sign * 2^h, so s * K_j needs one running multiple of s and one shifted copy."""
@@ -100,7 +115,8 @@ class LaneQuantizer(wiring.Component):
     ``start`` with ``amax`` (max|y| of the vector, exact) computes the FP32 scale (one cycle, ``hadamard.scale_fields``
     after rounding amax to FP32 if y can exceed 2^24) and then the eight thresholds one per cycle (one adder builds
     s * (2j + 1), one shifter rounds, ``raw_threshold`` moves them for wide y); ``ready`` is 1 from then on until
-    the next ``start``. Then ``q`` = clamp(+-(thresholds |y| reaches)) for the L lanes of ``y``, combinationally, and
+    the next ``start``. Then ``q`` = clamp(+-(thresholds |y| reaches, found by binary search)) for the L lanes of
+    ``y``, combinationally, and
     ``scale`` the FP32 bit pattern of s_u. Bit-exact to ``formats.quantize_act(fp32(y))``.
     """
 
@@ -162,7 +178,8 @@ class LaneQuantizer(wiring.Component):
             v = self.y[i]
             mag = Signal(unsigned(yb), name=f"qs_mag{i}")
             m.d.comb += mag.eq(Mux(v < 0, -v, v))
-            count = sum((mag >= t for t in ths), Const(0, unsigned(4)))
+            count = Signal(range(len(ths) + 1), name=f"qs_count{i}")
+            m.d.comb += count.eq(_count_reached(mag, ths))
             m.d.comb += self.q[i].eq(Mux(v < 0, -Mux(count > qmin_mag, qmin_mag, count),
                                          Mux(count > self.qmax, self.qmax, count)))
         frac = formats.FP32_FRAC_BITS
