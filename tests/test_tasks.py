@@ -125,33 +125,68 @@ def test_hflm_accuracy_equals_brute_force_greedy_check(tmp_path, tok):
     assert T.evaluate_point_tasks(point, model, tok) == {T.LOCAL_TASK: pytest.approx(acc, abs=1e-12)}
 
 
-def test_tasks_command_fp_and_quantized_points(tmp_path, tok):
-    """`qift-hw tasks` on a saved tiny model: the FP row equals the brute-force check; a W2 RTN point on the
-    integer backend gives an accuracy in [0, 1] on the same examples; results JSON and CSV with provenance."""
+QUANT = ["--levels", "mnz", "--method", "rtn", "--w2-layers", "0", "--other-bits", "4", "--device", "cpu", "--fresh",
+         "--no-progress"]
+"""A W2 (layer 0) / W4 RTN quantization of the tiny model: quick, and the W2 layer runs on the integer backends."""
+
+
+def _cli(*args):
     from typer.testing import CliRunner
 
     from qift_hw.cli import app
 
-    folder = tmp_path / "model"
-    task = T.build_local_task(tmp_path / "probe")
+    res = CliRunner().invoke(app, list(map(str, args)))
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _rows(out):
+    return json.loads((out / "results.json").read_text())["rows"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tok):
+    """A saved tiny model folder (with the real tokenizer) and its brute-force accuracy on the first 5 examples."""
+    root = tmp_path_factory.mktemp("tiny")
+    task = T.build_local_task(root / "probe")
     examples = [json.loads(x) for x in (task.folder / "qift_lastword.jsonl").read_text().splitlines()][:5]
     model = _bigram_model(tok, examples)
+    folder = root / "model"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    acc, _, _ = _brute_force(model, tok, examples)
+    return {"folder": folder, "acc": _brute_force(model, tok, examples)[0], "examples": task.examples}
+
+
+def test_tasks_command_fp_and_quantized(tmp_path, tiny):
+    """`qift-hw tasks` on a saved tiny model: the FP row equals the brute-force check; a W2 RTN point on the
+    integer backend gives an accuracy in [0, 1]; results JSON and CSV with provenance."""
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["tasks", "--model", str(folder), "--limit", "5", "--fp", "--levels", "mnz",
-                                   "--method", "rtn", "--w2-layers", "0", "--other-bits", "4", "--backend", "int",
-                                   "--device", "cpu", "--fresh", "--no-progress", "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    _cli("tasks", "--model", tiny["folder"], "--limit", 5, "--fp", "--backend", "int", "--out", out, *QUANT)
     data = json.loads((out / "results.json").read_text())
-    assert data["provenance"]["commit"] and data["meta"]["local_task"]["examples"] == task.examples
+    assert data["provenance"]["commit"] and data["meta"]["local_task"]["examples"] == tiny["examples"]
     rows = {r["label"]: r for r in data["rows"]}
-    assert rows["FP"]["acc"] == pytest.approx(acc, abs=1e-12) and rows["FP"]["examples"] == 5
-    quant = [r for r in data["rows"] if r["kind"] == "quant"]
-    assert len(quant) == 1 and 0 <= quant[0]["acc"] <= 1 and quant[0]["examples"] == 5
-    assert quant[0]["backend_info"]["name"] == "int"
+    assert rows["FP"]["acc"] == pytest.approx(tiny["acc"], abs=1e-12) and rows["FP"]["examples"] == 5
+    (quant,) = [r for r in data["rows"] if r["kind"] == "quant"]
+    assert 0 <= quant["acc"] <= 1 and quant["examples"] == 5 and quant["backend_info"]["name"] == "int"
     assert (out / "results.csv").read_text().splitlines()[0].startswith("label,kind,weights")
+
+
+@pytest.mark.slow
+def test_checkpoint_gives_the_quantized_models_accuracy_on_every_backend(tmp_path, tiny):
+    """The W2 RTN quantization evaluated directly (integer backend) and read back from its `qift-hw quantize`
+    checkpoint on the integer backend and on the bit-accurate model (float Hadamard: the same products exactly)."""
+    ckpt = tmp_path / "q.safetensors"
+    _cli("quantize", ckpt, "--model", tiny["folder"], *QUANT)
+    _cli("tasks", "--model", tiny["folder"], "--limit", 5, "--backend", "int", "--out", tmp_path / "direct", *QUANT)
+    for backend in ("int", "sim"):
+        _cli("tasks", "--checkpoint", ckpt, "--model", tiny["folder"], "--limit", 5, "--backend", backend,
+             "--sim-hadamard", "float", "--device", "cpu", "--out", tmp_path / backend)
+    (d,), (a,), (b,) = (_rows(tmp_path / x) for x in ("direct", "int", "sim"))
+    assert a["kind"] == b["kind"] == "checkpoint" and a["w2_layers"] == [0]
+    assert (a["backend_info"]["name"], b["backend_info"]["name"]) == ("int", "sim")
+    assert d["acc"] == a["acc"] == b["acc"]
+    assert a["word_perplexity"] == pytest.approx(d["word_perplexity"], rel=1e-4)
+    assert b["word_perplexity"] == pytest.approx(a["word_perplexity"], rel=1e-5)
 
 
 def test_unknown_and_unreachable_tasks_are_one_line_errors(tmp_path, monkeypatch):

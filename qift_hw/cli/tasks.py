@@ -25,12 +25,13 @@ def _eval_option(name: str):
 
 
 def _specs(base, checkpoint: Optional[Path], fp: bool, int_refs: bool, no_quant: bool, levels: str, method: str):
-    from qift_hw.study.experiments import grid_points, reference_points
+    from qift_hw.study.experiments import Point, grid_points, reference_points
     from qift_hw.study.tasks import ModelSpec
 
     if checkpoint is not None:
         return [ModelSpec(checkpoint.name, "checkpoint", checkpoint=checkpoint)]
-    points = reference_points(base, fp=fp, int_refs=int_refs, methods=parse_list(method))
+    points = ([Point("FP", "fp")] if fp else []) + reference_points(base, fp=False, int_refs=int_refs,
+                                                                    methods=parse_list(method))
     if not no_quant:
         points += grid_points(base, parse_list(levels), parse_list(method), [{}])
     if not points:
@@ -85,7 +86,7 @@ def tasks_cmd(
     rotation_seed: Optional[int] = _eval_option("rotation_seed"), scale_method: Optional[str] = ev._scale,
     act_order: Optional[bool] = ev._actord, true_sequential: Optional[bool] = ev._trueseq,
     batch_size: Optional[int] = ev._bs, device: Optional[str] = _eval_option("device"),
-    fp: bool = _eval_option("fp"), int_refs: bool = _eval_option("int_refs"), no_quant: bool = _eval_option("no_quant"),
+    fp: bool = typer.Option(False, "--fp", help="Also evaluate the float model."), int_refs: bool = _eval_option("int_refs"), no_quant: bool = _eval_option("no_quant"),
     threads: Optional[int] = ev._threads, out: Optional[Path] = out_option("task results (results.json, results.csv)"),
     run_root: Path = ev._runs, fresh: bool = ev._fresh, backend: str = ev._backend, sim_hadamard: str = ev._simhad,
     progress: bool = ev._progress,
