@@ -261,7 +261,19 @@ def gaussian_outliers(tokens: int, n: int, seed: int) -> torch.Tensor:
     return x
 
 
-def _cocotb(sim: str, n: int, lanes: int, tokens: int, seed: int) -> None:
+REAL = {576: "q_proj_in", 1536: "down_proj_in"}
+"""Captured SmolLM2-135M activations in sim/data/smollm2_had_lanes.npz (layer 3, 6 tokens; its ``source`` says how)."""
+
+
+def real_activations(n: int) -> torch.Tensor:
+    """The captured activations of width n (576: q_proj inputs, 1536: down_proj inputs, the online Hadamard's)."""
+    from qift_hw.verify.simulate import sim_dir
+
+    with np.load(sim_dir() / "data" / "smollm2_had_lanes.npz") as z:
+        return torch.from_numpy(z[REAL[n]].copy())
+
+
+def _cocotb(sim: str, n: int, lanes: int, tokens: int, seed: int, real: bool = False) -> None:
     from qift_hw.rtl.generate import write_top
     from qift_hw.rtl.hadamard_lanes import hadamard_lanes_top, unpack_beats
     from qift_hw.verify.simulate import run_bench, simulator_available
@@ -269,7 +281,7 @@ def _cocotb(sim: str, n: int, lanes: int, tokens: int, seed: int) -> None:
     reason = simulator_available(sim)
     if reason is not None:
         pytest.skip(reason)
-    x = gaussian_outliers(tokens, n, seed)
+    x = real_activations(n)[:tokens] if real else gaussian_outliers(tokens, n, seed)
     x[0, :lanes] = 0
     mant, exp = formats.had_input_fixed(x)
     X = mant.numpy().astype(np.int64)
@@ -306,8 +318,16 @@ def test_cocotb_reduced(sim):
 @pytest.mark.parametrize("n,lanes", [(576, 16), (1536, 16)])
 def test_cocotb_real_orders(sim, n, lanes):
     """SmolLM2's hidden 576 = 36 x 16 and intermediate 1536 = 12 x 128 at 16 lanes: y exceeds 2^24, so the FP32
-    rounding of y is exercised; Gaussian activations with outlier channels, 6 tokens, random stalls both sides."""
-    _cocotb(sim, n, lanes, 6, n)
+    rounding of y is exercised; real SmolLM2-135M activations (6 tokens), random stalls on both streams."""
+    _cocotb(sim, n, lanes, 6, n, real=True)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [576, 1536])
+def test_cocotb_gaussian_outliers(n):
+    """The same orders on Icarus with synthetic activations: Gaussian with x20 to x100 outlier channels."""
+    _cocotb("icarus", n, 16, 6, n)
 
 
 def test_usable_lanes_by_brute_force():
