@@ -16,7 +16,7 @@ from qift_hw.verify.cases import direct_reference
 from qift_hw.verify.simulate import simulator_available
 from qift_hw.verify.tile_cases import (QUICK_TILE, SMALL_TILE, Command, Job, act_words, command_words, layout_tile,
                                        make_job, merge_coverage, run_amaranth, run_tile_case, tile_cases,
-                                       unpack_drain, weight_words)
+                                       tile_weight_words, unpack_drain, weight_words)
 
 BUILD = Path(__file__).resolve().parents[1] / "sim_build"
 
@@ -129,6 +129,7 @@ def test_depths_from_arch():
     assert p["w_depth"] == int(b.weight.kib * 8192 / 64) // 8
     assert p["a_depth"] == int(b.act.kib * 8192 / 64) // 16
     assert p["o_depth"] == int(b.out.kib * 8192 / 64) // (4 * (arch.acc_bits + 1))
+    assert depths_from_arch(arch, 4, 4, scale=64, dataflow="stream")["w_depth"] == p["w_depth"] // 4
     with pytest.raises(QiftError, match="scale"):
         depths_from_arch(arch, scale=0.5)
 
@@ -143,8 +144,10 @@ def test_suite_covers_the_brief():
     sl = cases["tile_smollm2_qproj_slice"].jobs[0]
     assert sl.acts.shape[1] == 576 and sl.codes.shape == (64, 576)
     for c in cases.values():
+        df = c.tile.get("dataflow", "ws")
         for j in c.jobs:
-            assert j.cycles == gemm_compute("ws", j.cmd.M, j.cmd.K, j.cmd.N, 4, 4, j.cmd.m_tile or None).cycles
+            assert j.cycles == gemm_compute(df, j.cmd.M, j.cmd.K, j.cmd.N, 4, 4, j.cmd.m_tile or None).cycles
+    assert any(j.cmd.M == 1 for j in cases["tile_stream_decode"].jobs)
 
 
 def _run(sim: str, name: str, tmp_path: Path) -> None:
@@ -189,3 +192,43 @@ def test_amaranth_degenerate_arrays(R, C):
     got = run_amaranth(tile, [make_job(tile, a, w, Command(M, K, N, 2))], hold_prob=0.2)[0]
     np.testing.assert_array_equal(got["values"], direct_reference(a, w, "pot_mnz", 16)[0])
     assert got["cycles"] == gemm_compute("ws", M, K, N, R, C, 2).cycles
+
+
+@pytest.mark.parametrize("R,C", [(4, 4), (3, 2), (1, 3), (2, 1)])
+def test_amaranth_stream(R, C):
+    """Dataflow stream (decode): M = 1 (a tile every cycle), K rounds shorter than R, m_tile chunks, stalls."""
+    rng = np.random.default_rng(R * 7 + C)
+    tile = _fresh(rows=R, cols=C, acc_bits=20, w_depth=512, a_depth=128, o_depth=128, dataflow="stream")
+    jobs, shapes = [], [(1, 23, 30, 0), (3, 13, 10, 0), (6, 11, 9, 4), (2, 5, 3, 0)]
+    for M, K, N, mt in shapes:
+        a, w = rng.integers(-8, 8, (M, K)), rng.integers(0, 4, (N, K))
+        jobs.append(make_job(tile, a, w, Command(M, K, N, mt, w_base=R * C, a_base=R, o_base=C)))
+    for got, job, (M, K, N, mt) in zip(run_amaranth(tile, jobs, hold_prob=0.2), jobs, shapes):
+        ref, ovf = direct_reference(job.acts, job.codes, "pot_mnz", 20)
+        np.testing.assert_array_equal(got["values"], ref)
+        np.testing.assert_array_equal(got["ovf"], ovf)
+        assert got["cycles"] == gemm_compute("stream", M, K, N, R, C, mt or None).cycles
+
+
+def test_stream_weight_image_written_out():
+    """Word k_t*n_tiles + n_t holds W[n_t*C + c, k_t*R + r] in lane r*C + c (0 past N and K)."""
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 4, (5, 7))
+    R, C = 3, 2
+    ww = tile_weight_words(codes, R, C, 2)
+    assert len(ww) == 3 * 3
+    for n in range(6):
+        for k in range(9):
+            want = codes[n, k] if n < 5 and k < 7 else 0
+            lane = (k % R) * C + n % C
+            assert (int(ww[(k // R) * 3 + n // C]) >> (2 * lane)) & 3 == want
+
+
+def test_bad_dataflow_and_stream_alignment():
+    with pytest.raises(QiftError, match="dataflow"):
+        _fresh(dataflow="os")
+    tile = layout_tile({**SMALL_TILE, "dataflow": "stream"})
+    with pytest.raises(QiftError, match="multiple of 16 codes"):
+        command_words(tile, Command(2, 4, 4, w_base=4))
+    with pytest.raises(QiftError, match="weight buffer"):
+        command_words(tile, Command(1, 4 * 33, 4 * 32))

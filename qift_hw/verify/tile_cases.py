@@ -21,7 +21,7 @@ from qift_hw.core.errors import QiftError
 from qift_hw.rtl.tile import DIM_BITS, STATES, TARGETS, Tile, tile_top
 
 BENCH = "bench_tile"
-QUICK_TILE = ("tile_random", "tile_smollm2_reduced")
+QUICK_TILE = ("tile_random", "tile_smollm2_reduced", "tile_stream_decode")
 """Cases of the default test group (seconds each); the others are slow."""
 
 
@@ -50,19 +50,20 @@ def command_words(tile: Tile, cmd: Command) -> dict:
             raise QiftError(f"GEMM dimension {name}={v} does not fit the command's {DIM_BITS} bits")
     if not (0 <= cmd.m_tile < 1 << DIM_BITS):
         raise QiftError(f"m_tile must be 0 (all of M) or a positive row count, got {cmd.m_tile}")
-    for name, base, unit, what in (("w_base", cmd.w_base, C, "codes"), ("a_base", cmd.a_base, R, "activations"),
+    stream = tile.dataflow == "stream"
+    for name, base, unit, what in (("w_base", cmd.w_base, tile.w_lanes, "codes"), ("a_base", cmd.a_base, R, "activations"),
                                    ("o_base", cmd.o_base, C, "outputs")):
         if base < 0 or base % unit:
             raise QiftError(f"{name}={base} is not aligned: use a multiple of {unit} {what} (one buffer word)")
     nt, kt = math.ceil(cmd.N / C), math.ceil(cmd.K / R)
-    need = {"weight": (cmd.w_base // C + nt * cmd.K, tile.w_depth),
+    need = {"weight": (cmd.w_base // tile.w_lanes + nt * (kt if stream else cmd.K), tile.w_depth),
             "activation": (cmd.a_base // R + kt * cmd.M, tile.a_depth),
             "output": (cmd.o_base // C + nt * cmd.M, tile.o_depth)}
     for name, (end, depth) in need.items():
         if end > depth:
             raise QiftError(f"the GEMM {cmd.M}x{cmd.K}x{cmd.N} needs {name} words up to {end} but the {name} buffer "
                             f"has {depth}; use a smaller GEMM or a bigger tile")
-    return {"m": cmd.M, "k": cmd.K, "n": cmd.N, "mt": cmd.m_tile, "w_base": cmd.w_base // C,
+    return {"m": cmd.M, "k": cmd.K, "n": cmd.N, "mt": cmd.m_tile, "w_base": cmd.w_base // tile.w_lanes,
             "a_base": cmd.a_base // R, "o_base": cmd.o_base // C}
 
 
@@ -98,6 +99,16 @@ def weight_words(codes: np.ndarray, cols: int, code_bits: int) -> np.ndarray:
     padded[:N] = codes
     per_tile = padded.reshape(nt, cols, K).transpose(0, 2, 1)  # [n_t, k, c]
     return _pack_lanes(per_tile, code_bits).reshape(-1)
+
+
+def tile_weight_words(codes: np.ndarray, rows: int, cols: int, code_bits: int) -> np.ndarray:
+    """Weight buffer image for ``stream``: word k_t*n_tiles + n_t holds W[n_t*C + c, k_t*R + r] in lane r*C + c."""
+    N, K = codes.shape
+    nt, kt = math.ceil(N / cols), math.ceil(K / rows)
+    padded = np.zeros((nt * cols, kt * rows), dtype=np.int64)
+    padded[:N, :K] = codes
+    per_tile = padded.reshape(nt, cols, kt, rows).transpose(2, 0, 3, 1)  # [k_t, n_t, r, c]
+    return _pack_lanes(per_tile.reshape(kt, nt, rows * cols), code_bits).reshape(-1)
 
 
 def act_words(acts: np.ndarray, rows: int, act_bits: int) -> np.ndarray:
@@ -204,8 +215,9 @@ def make_job(tile: Tile, acts: np.ndarray, codes: np.ndarray, cmd: Command | Non
     command_words(tile, cmd)
     loads = []
     if load:
-        loads += [("weights", cmd.w_base // tile.cols + i, int(w))
-                  for i, w in enumerate(weight_words(codes, tile.cols, tile.code_bits))]
+        image = (tile_weight_words(codes, tile.rows, tile.cols, tile.code_bits) if tile.dataflow == "stream"
+                 else weight_words(codes, tile.cols, tile.code_bits))
+        loads += [("weights", cmd.w_base // tile.w_lanes + i, int(w)) for i, w in enumerate(image)]
         loads += [("acts", cmd.a_base // tile.rows + i, int(w))
                   for i, w in enumerate(act_words(acts, tile.rows, tile.act_bits))]
     ref, ref_ovf = matmul(acts.astype(np.int8), codes.astype(np.uint8), level_set, tile.acc_bits,
@@ -213,7 +225,7 @@ def make_job(tile: Tile, acts: np.ndarray, codes: np.ndarray, cmd: Command | Non
     direct, direct_ovf = direct_reference(acts, codes, level_set, tile.acc_bits)
     if not (np.array_equal(ref, direct) and np.array_equal(ref_ovf, direct_ovf)):
         raise QiftError("qift_hw.sim.matmul and the formats' rule disagree on this GEMM; the references are broken")
-    cycles = gemm_compute("ws", M, K, N, tile.rows, tile.cols, cmd.m_tile or None).cycles
+    cycles = gemm_compute(tile.dataflow, M, K, N, tile.rows, tile.cols, cmd.m_tile or None).cycles
     cov = {"partial_k": K % tile.rows != 0, "partial_n": N % tile.cols != 0,
            "partial_m": bool(cmd.m_tile) and M % cmd.m_tile != 0, "short_m": min(M, cmd.m_tile or M) < tile.rows,
            "saturates": bool(ref_ovf.any()), "tiles": math.ceil(K / tile.rows) * math.ceil(N / tile.cols)}
@@ -238,6 +250,8 @@ LAYER_TILE = {"rows": 4, "cols": 4, "kind": "pot_mnz", "acc_bits": 32, "w_depth"
               "o_depth": 256}
 """The tile of the layer-slice case: 64 output channels x 576 inputs of q_proj, 16 tokens."""
 SAT_TILE = {**SMALL_TILE, "acc_bits": 8}
+STREAM_TILE = {**SMALL_TILE, "dataflow": "stream", "w_depth": 256}
+"""The ``stream`` tile of the decode case: weight words of R x C codes."""
 
 
 def _rand(rng, M, K, N):
@@ -278,6 +292,15 @@ def tile_cases(seed: int = 0, tiles_file: Path | None = None) -> list[TileCase]:
     red = [make_job(small, acts[:4, :64], codes[:12, :64], Command(4, 64, 12))]
     cases.append(TileCase("tile_smollm2_reduced", SMALL_TILE, red, hold_prob=0.05, seed=seed,
                           note="SmolLM2 GPTQ PoT-MNZ q_proj: 12 channels x 64 inputs, 4 tokens"))
+    st = layout_tile(STREAM_TILE)
+    dec = [make_job(st, acts[4:6, :64], codes[:16, :64], Command(2, 64, 16))]
+    for M, K, N, mt in ((1, 23, 30, 0), (3, 13, 10, 2), (1, 4, 4, 0)):
+        a, w = _rand(rng, M, K, N)
+        dec.append(make_job(st, a, w, Command(M, K, N, mt, w_base=16 * (mt + 1), a_base=4, o_base=4 * mt)))
+    dec.insert(2, make_job(st, *_rand(rng, 2, 20, 9), Command(2, 20, 9), reset_after=9))
+    cases.append(TileCase("tile_stream_decode", STREAM_TILE, dec, seed=seed,
+                          note="stream (decode): 2 real SmolLM2 tokens x 64 x 16, M = 1 and 3 with partial tiles, "
+                               "a mid-run reset"))
     lay = layout_tile(LAYER_TILE)
     whole = [make_job(lay, acts, codes, Command(acts.shape[0], acts.shape[1], codes.shape[0], 8))]
     cases.append(TileCase("tile_smollm2_qproj_slice", LAYER_TILE, whole, hold_prob=0.0, valid_prob=1.0,
@@ -375,7 +398,7 @@ def run_amaranth(tile: Tile, jobs: list[Job], hold_prob: float = 0.0, seed: int 
                 await ctx.tick()
             ctx.set(tile.load.valid, 0)
             fields = {"m": job.cmd.M, "k": job.cmd.K, "n": job.cmd.N, "mt": job.cmd.m_tile,
-                      "w_base": job.cmd.w_base // tile.cols, "a_base": job.cmd.a_base // tile.rows,
+                      "w_base": job.cmd.w_base // tile.w_lanes, "a_base": job.cmd.a_base // tile.rows,
                       "o_base": job.cmd.o_base // tile.cols}
             ctx.set(tile.cmd.payload, tile.cmd_layout.const(fields))
             ctx.set(tile.cmd.valid, 1)
