@@ -232,3 +232,32 @@ def test_bad_dataflow_and_stream_alignment():
         command_words(tile, Command(2, 4, 4, w_base=4))
     with pytest.raises(QiftError, match="weight buffer"):
         command_words(tile, Command(1, 4 * 33, 4 * 32))
+
+
+def test_cli_verify_suite_tile(monkeypatch, tmp_path):
+    """`qift-hw rtl verify --suite tile` hands its options to verify_tile_suite and prints its table and coverage;
+    an unknown suite is refused."""
+    from typer.testing import CliRunner
+
+    import qift_hw.verify.tile_cases as tc
+    from qift_hw.cli.app import app
+
+    if simulator_available("icarus"):
+        pytest.skip(simulator_available("icarus"))
+    seen = {}
+
+    def fake(sim, folder, build_root, quick, only, seed):
+        seen.update(sim=sim, folder=folder, quick=quick, only=only, seed=seed)
+        job = {"job": 0, "M": 2, "K": 3, "N": 4, "cycles": 17, "expected_cycles": 17, "wrong": 0}
+        return {"cases": [{"name": "tile_random", "passed": True, "jobs": [job, {"job": 1, "reset": True}],
+                           "run_s": 1.0}], "coverage": {"tile.seq.state": [5, 5]}, "passed": 1, "total": 1,
+                "coverage_xml": str(folder / "tile_coverage_icarus.xml")}
+
+    monkeypatch.setattr(tc, "verify_tile_suite", fake)
+    res = CliRunner().invoke(app, ["rtl", "verify", "--suite", "tile", "--quick", "--only", "tile_random",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert seen == {"sim": "icarus", "folder": tmp_path, "quick": True, "only": ("tile_random",), "seed": 0}
+    assert "2x3x4" in res.output and "reset mid-run" in res.output and "tile.seq.state: 5/5" in res.output
+    res = CliRunner().invoke(app, ["rtl", "verify", "--suite", "nope", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "unknown --suite" in str(res.output) + str(res.exception)
