@@ -11,9 +11,14 @@ from qift_hw.sim.pe_area import pe_areas
 
 
 def test_hadamard_cycles():
-    """Vectors x ceil(n / lanes), one vector's fill, log2(2^k) butterflies, 1 K stage, 4 quantizer stages."""
+    """Parallel unit: one vector a cycle, then fill, log2(2^k) butterflies, 1 K stage, 4 quantizer stages.
+    Lane unit (lanes < n), per vector: LOAD R + butterfly passes c (R + 1) + K stage K R + scale 9 + OUT R."""
     assert had_cycles(1, 64, 64) == 1 + 1 + 6 + 4
-    assert had_cycles(10, 1536, 32) == 10 * 48 + 48 + 7 + 1 + 4
+    assert had_cycles(5, 64, 128) == 5 + 1 + 6 + 4
+    # n = 1536 = 12 x 128 on 32 lanes: R = 48 rows, c = 7 - 5 = 2 passes beyond the in-beat stages
+    assert had_cycles(10, 1536, 32) == 10 * (48 + 2 * 49 + 12 * 48 + 9 + 48)
+    # 48 lanes is no power of two: the unit is built with 32
+    assert had_cycles(10, 1536, 48) == had_cycles(10, 1536, 32)
     assert had_cycles(0, 64, 8) == 0
 
 

@@ -12,6 +12,7 @@ import math
 from qift_hw.core import formats
 from qift_hw.core.hadamard import split_order
 from qift_hw.sim.array import os_pass_cycles, ws_pass_cycles
+from qift_hw.sim.hadamard_timing import lane_unit_cycles, usable_lanes
 
 
 def ws_gemm_cycles(M: int, K: int, N: int, R: int, C: int, m_tile: int | None = None) -> int:
@@ -32,13 +33,17 @@ def os_gemm_cycles(M: int, K: int, N: int, R: int, C: int) -> int:
 
 
 def had_cycles(vectors: int, n: int, lanes: int) -> int:
-    """Hadamard unit (pipelined, ``lanes`` elements per cycle): vectors * ceil(n / lanes) plus the pipeline depth.
+    """Cycles of the Hadamard + INT4 quantizer unit that the RTL builds for order n on ``lanes`` lanes.
 
-    Depth = one vector's fill (the quantizer needs max|y| of the whole vector) + log2(2^k) butterfly stages
-    + 1 K stage (if K > 1) + the INT4 quantizer's ``formats.HAD_QUANT_LATENCY`` stages (as in the RTL).
+    lanes >= n: the fully parallel pipelined unit (`rtl.hadamard.HadamardQuantUnit`), one vector per cycle plus the
+    depth: one cycle of fill + log2(2^k) butterfly stages + 1 K stage (if K > 1) + the quantizer's
+    ``formats.HAD_QUANT_LATENCY`` stages. lanes < n: the lane-multiplexed unit (`rtl.hadamard_lanes`) at the lane
+    count it is built with (`hadamard_timing.usable_lanes`), vectors back to back (`hadamard_timing`).
     """
     if vectors == 0:
         return 0
+    if lanes < n:
+        return lane_unit_cycles(vectors, n, usable_lanes(n, lanes))
     k, p = split_order(n)
     per = math.ceil(n / lanes)
     return vectors * per + per + (p.bit_length() - 1) + (1 if k > 1 else 0) + formats.HAD_QUANT_LATENCY
