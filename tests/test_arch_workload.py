@@ -147,3 +147,15 @@ def test_bad_workload_arguments():
     with pytest.raises(QiftError, match="level set"):
         model_workload(s, "decode", "int5")
     assert isinstance(load_arch(), Arch)
+
+
+def test_accelerator_doc_tables_are_current():
+    """docs/accelerator.md's preset figures and field table are what the model gives now."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "sw" / "accelerator_doc_tables.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
