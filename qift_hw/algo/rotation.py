@@ -107,6 +107,44 @@ def fuse_norms(model: nn.Module) -> None:
 
 
 @torch.no_grad()
+def rotate_ends(model: nn.Module, q: torch.Tensor) -> None:
+    """Steps 1-2 outside the decoder layers: embedding rows E Q, final norm folded into lm_head, lm_head W Q."""
+    emb = model.model.embed_tokens.weight
+    _store(emb, emb.detach().to(torch.float64) @ q)
+    head = model.lm_head
+    _store(head.weight, _cols_scaled(head.weight, model.model.norm.weight) @ q)
+    _reset_norm(model.model.norm)
+
+
+@torch.no_grad()
+def rotate_layer(layer: nn.Module, q: torch.Tensor, hd: int) -> None:
+    """Steps 1-5 on one wrapped decoder layer (q: the float64 residual rotation, hd: head dim), in place.
+
+    rotate_model applies it to every layer; the streaming pipeline to each layer as it is loaded.
+    """
+    attn, mlp = layer.self_attn, layer.mlp
+    g_attn, g_mlp = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+    for lin in (attn.q_proj, attn.k_proj):
+        _store(lin.weight, _cols_scaled(lin.weight, g_attn) @ q)
+    _store(attn.v_proj.weight, _per_head_rows(_cols_scaled(attn.v_proj.weight, g_attn) @ q, hd))
+    if attn.v_proj.bias is not None:
+        b = attn.v_proj.bias.detach().to(torch.float64)
+        _store(attn.v_proj.bias, hadamard_transform(b.view(-1, hd), normalize=True).reshape(-1))
+    _store(attn.o_proj.weight, _per_head_cols(q.T @ attn.o_proj.weight.detach().to(torch.float64), hd))
+    for lin in (mlp.gate_proj, mlp.up_proj):
+        _store(lin.weight, _cols_scaled(lin.weight, g_mlp) @ q)
+    down = q.T @ mlp.down_proj.weight.detach().to(torch.float64)
+    _store(mlp.down_proj.weight, hadamard_transform(down, normalize=True))
+    for lin in (attn.o_proj, mlp.down_proj):
+        if lin.bias is not None:
+            _store(lin.bias, lin.bias.detach().to(torch.float64) @ q)
+    _reset_norm(layer.input_layernorm)
+    _reset_norm(layer.post_attention_layernorm)
+    mlp.down_proj.online_hadamard = True
+    attn.qift_attn.online_hadamard = True
+
+
+@torch.no_grad()
 def rotate_model(model: nn.Module, seed: int = 0) -> RotationInfo:
     """Apply QuaRot's rotations in place (module docstring) and install the online Hadamards; returns the record.
 
@@ -120,35 +158,9 @@ def rotate_model(model: nn.Module, seed: int = 0) -> RotationInfo:
     wrap_model(model)
     device = model.model.embed_tokens.weight.device
     q = random_hadamard(hidden, seed).to(device=device, dtype=torch.float64)
-
-    emb = model.model.embed_tokens.weight
-    _store(emb, emb.detach().to(torch.float64) @ q)
-
+    rotate_ends(model, q)
     for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        g_attn, g_mlp = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-        for lin in (attn.q_proj, attn.k_proj):
-            _store(lin.weight, _cols_scaled(lin.weight, g_attn) @ q)
-        _store(attn.v_proj.weight, _per_head_rows(_cols_scaled(attn.v_proj.weight, g_attn) @ q, hd))
-        if attn.v_proj.bias is not None:
-            b = attn.v_proj.bias.detach().to(torch.float64)
-            _store(attn.v_proj.bias, hadamard_transform(b.view(-1, hd), normalize=True).reshape(-1))
-        _store(attn.o_proj.weight, _per_head_cols(q.T @ attn.o_proj.weight.detach().to(torch.float64), hd))
-        for lin in (mlp.gate_proj, mlp.up_proj):
-            _store(lin.weight, _cols_scaled(lin.weight, g_mlp) @ q)
-        down = q.T @ mlp.down_proj.weight.detach().to(torch.float64)
-        _store(mlp.down_proj.weight, hadamard_transform(down, normalize=True))
-        for lin in (attn.o_proj, mlp.down_proj):
-            if lin.bias is not None:
-                _store(lin.bias, lin.bias.detach().to(torch.float64) @ q)
-        _reset_norm(layer.input_layernorm)
-        _reset_norm(layer.post_attention_layernorm)
-        mlp.down_proj.online_hadamard = True
-        attn.qift_attn.online_hadamard = True
-
-    head = model.lm_head
-    _store(head.weight, _cols_scaled(head.weight, model.model.norm.weight) @ q)
-    _reset_norm(model.model.norm)
+        rotate_layer(layer, q, hd)
 
     info = RotationInfo(seed=seed, hidden_size=hidden, intermediate_size=inter, head_dim=hd,
                         num_layers=len(model.model.layers))
