@@ -6,7 +6,7 @@ process, so that both see the same load. Reports per-round seconds, the sim / fa
 the load average before and after each round, threads, CPU model and ISA flags, perplexities, provenance.
 
     .venv/bin/python sw/bench_backends.py [--threads 2] [--windows 2] [--seqlen 2048] [--rounds 3]
-        [--hadamard unit] [--out docs/results/bench_backends.json]
+        [--hadamard unit] [--out docs/results/bench_backends.json (the default)]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hadamard", default="unit", choices=("unit", "float"))
-    ap.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
+    ap.add_argument("--out", default="docs/results/bench_backends.json", help="results JSON (written atomically)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
