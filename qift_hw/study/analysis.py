@@ -23,32 +23,17 @@ def collect_stats(model, state: str, rows: dict, progress: bool) -> None:
 
 
 def plot_analysis(rows: list[dict], qq: dict, example: str, out: Path) -> list[Path]:
-    """kurtosis.png (statistics per module and state) and qq.png (Q-Q plot of ``example``) in ``out``."""
+    """kurtosis.png (box plots per module kind and state, `plot_kurtosis`) and qq.png (Q-Q plot of ``example``)
+    in ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from qift_hw.core.io import save_figure
+    from qift_hw.study.plots import plot_kurtosis
 
-    written = []
-    panels = (("excess_kurtosis", "|excess kurtosis|"), ("qq_error", "Q-Q error"),
-              ("row_excess_kurtosis", "|excess kurtosis|, rows standardized"), ("row_qq_error", "Q-Q error, rows standardized"))
-    fig, axes = plt.subplots(2, 2, figsize=(14, 7), sharex=True)
-    x = range(len(rows))
-    for ax, (key, label) in zip(axes.flat, panels):
-        for state, style in zip(STATES, ("-", ":", "-")):
-            ax.plot(x, [max(abs(r[state][key]), 1e-6) for r in rows], style, lw=0.8, label=state)
-        ax.set_yscale("log")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
-    for ax in axes[1]:
-        ax.set_xlabel("decoder linear (layer-major: q, k, v, o, gate, up, down)")
-    fig.suptitle("Weight shape statistics per module, before and after rotation")
-    fig.tight_layout()
-    written.append(save_figure(fig, out / "kurtosis.png", dpi=110))
-    plt.close(fig)
-
+    written = [plot_kurtosis(rows, out / "kurtosis.png", STATES)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
     for ax, mode, title in ((axes[0], "tensor", "whole tensor standardized"), (axes[1], "row", "each row standardized")):
         lim = 0.0

@@ -113,47 +113,7 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(parts)
 
 
-def plot_residuals(rows: list[dict], path: str | os.PathLike) -> None:
-    """Relative output error per layer, one line per run that measured it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for r in rows:
-        errs = r.get("layer_rel_error")
-        if errs:
-            xs = [i for i, e in enumerate(errs) if e is not None]
-            ax.plot(xs, [errs[i] for i in xs], marker=".", lw=1, label=f"{r['label']}")
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("||WX - QX|| / ||WX|| (mean over linears)")
-    ax.set_title("GPTQ residuals")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-
-
-def plot_ppl(rows: list[dict], path: str | os.PathLike) -> None:
-    """Perplexity per run (log scale), quantized runs grouped by setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    good = [r for r in rows if r.get("ppl") is not None and math.isfinite(r["ppl"])]
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(good)), 4))
-    ax.bar(range(len(good)), [r["ppl"] for r in good], color=["grey" if r["kind"] != "quant" else "C0" for r in good])
-    ax.set_xticks(range(len(good)), [r["label"] for r in good], rotation=75, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("perplexity")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-
-
-def plot_ratio_sweep(rows: list[dict], path: str | os.PathLike) -> None:
+def plot_ratio_sweep(rows: list[dict], path: str | os.PathLike) -> Path:
     """Perplexity against the inner/outer ratio of the symmetric set {+-r, +-1}."""
     import matplotlib
 
@@ -172,8 +132,9 @@ def plot_ratio_sweep(rows: list[dict], path: str | os.PathLike) -> None:
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    written = save_figure(fig, path, dpi=120)
     plt.close(fig)
+    return written
 
 
 MERGE_KEYS = ("model", "text", "eval_windows", "seqlen", "device")
@@ -317,9 +278,24 @@ def write_report(rows: list[dict], folder: str | os.PathLike, meta: dict | None 
     md = folder / "results.md"
     write_text(md, render_markdown(rows, meta) + "\n" + provenance_line(results["provenance"]) + "\n")
     if plots and rows:
-        plot_ppl(rows, folder / "ppl.png")
-        if any(r.get("layer_rel_error") for r in rows):
-            plot_residuals(rows, folder / "residuals.png")
-        if any(r.get("ratio") is not None for r in rows):
-            plot_ratio_sweep(rows, folder / "ratio_sweep.png")
+        write_plots(rows, folder, meta)
     return md
+
+
+def write_plots(rows: list[dict], folder: str | os.PathLike, meta: dict) -> list[Path]:
+    """The report's pictures that its rows have data for: ppl.png, pareto.png (needs the model's shape: meta
+    "model", default smollm2), sensitivity.png, residuals.png, ratio_sweep.png."""
+    from qift_hw.core.shapes import load_model_shape
+    from qift_hw.study.plots import plot_pareto, plot_ppl, plot_residuals, plot_sensitivity
+
+    folder = Path(folder)
+    rows = [{**r, "setting": setting_of(r)} for r in rows]
+    made = [plot_ppl(rows, folder / "ppl.png"), plot_sensitivity(rows, folder / "sensitivity.png"),
+            plot_residuals(rows, folder / "residuals.png")]
+    try:
+        made.append(plot_pareto(rows, load_model_shape(meta.get("model") or "smollm2"), folder / "pareto.png"))
+    except QiftError as exc:
+        print(f"warning: no pareto.png: {exc}", file=sys.stderr)
+    if any(r.get("ratio") is not None for r in rows):
+        made.append(plot_ratio_sweep(rows, folder / "ratio_sweep.png"))
+    return [p for p in made if p is not None]

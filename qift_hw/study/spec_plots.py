@@ -74,7 +74,7 @@ def plot_levels(agg: Any, path: str | Path) -> Path | None:
         ax.set_title(f"{method.upper()}" + (" (log axis)" if log else ""))
         if log:
             ax.set_yscale("log")
-        ax.set_ylabel("perplexity (mean +- std over seeds)")
+        ax.set_ylabel("perplexity (mean +- std over seeds)" if part["std"].notna().any() else "perplexity (one run)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
