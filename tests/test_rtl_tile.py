@@ -1,6 +1,7 @@
 """The accelerator tile (qift_hw.rtl.tile): outputs bit-exact with qift_hw.sim.matmul, advancing cycles equal to the
 v2 closed form gemm_compute("ws"), in the Amaranth simulator and through cocotb on Icarus and Verilator (a reduced
-real SmolLM2 layer in the default group, the 64 x 576 q_proj slice slow); buffer images against loops written out;
+real SmolLM2 layer in the default group; slow: the 64 x 576 q_proj slice, the whole 576 x 576 q_proj and a down_proj
+slice with its 1536-long rows, loaded whole into the tile's buffers); buffer images against loops written out;
 bad commands refused by the driver and the hardware."""
 
 import functools
@@ -143,11 +144,31 @@ def test_suite_covers_the_brief():
     assert any(not j.loads for j in cases["tile_random"].jobs)  # a command that waits while the tile is busy
     sl = cases["tile_smollm2_qproj_slice"].jobs[0]
     assert sl.acts.shape[1] == 576 and sl.codes.shape == (64, 576)
+    full = cases["tile_smollm2_qproj_full"].jobs
+    assert len(full) == 1 and full[0].codes.shape == (576, 576) and full[0].acts.shape[1] == 576
+    down = cases["tile_smollm2_down_slice"].jobs
+    assert len(down) == 1 and down[0].codes.shape[1] == 1536 and down[0].acts.shape[1] == 1536
+    for job in full + down:  # every weight word of the layer is loaded once, into buffers that hold it
+        n_words = math.ceil(job.cmd.N / 4) * job.cmd.K
+        assert sorted(a for t, a, _ in job.loads if t == "weights") == list(range(n_words))
     for c in cases.values():
         df = c.tile.get("dataflow", "ws")
         for j in c.jobs:
             assert j.cycles == gemm_compute(df, j.cmd.M, j.cmd.K, j.cmd.N, 4, 4, j.cmd.m_tile or None).cycles
     assert any(j.cmd.M == 1 for j in cases["tile_stream_decode"].jobs)
+
+
+def test_whole_qproj_agrees_with_the_slice():
+    """The packed whole q_proj unpacks to codes whose first channels are the file's unpacked slice, and the
+    down_proj inputs are INT4."""
+    from qift_hw.verify.tile_cases import load_real_tiles, whole_qproj
+
+    real = load_real_tiles()
+    q = whole_qproj(real)
+    assert q.shape == (576, 576) and q.dtype == np.uint8 and int(q.max()) <= 3
+    np.testing.assert_array_equal(q[:real["codes"].shape[0]], real["codes"])
+    assert real["down_acts"].shape[1] == 1536 and real["down_codes"].shape[1] == 1536
+    assert -8 <= int(real["down_acts"].min()) and int(real["down_acts"].max()) <= 7
 
 
 def _run(sim: str, name: str, tmp_path: Path) -> None:

@@ -256,11 +256,12 @@ def area_cmd(
 def tiles_cmd(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="A qift-1 checkpoint (qift-hw quantize output) to take GPTQ codes "
                                                "from; default: run GPTQ on one layer of SmolLM2 here."),
-    layer: int = typer.Option(3, "--layer", help="Decoder layer whose q_proj is used."),
+    layer: int = typer.Option(3, "--layer", help="Decoder layer whose q_proj and down_proj are used."),
     tokens: int = typer.Option(16, "--tokens", help="Activation rows (tokens) to keep."),
     out: Path = typer.Option(None, "--out", help="Output .npz (default sim/data/smollm2_tiles.npz, the benches' input)."),
 ) -> None:
-    """Export small real tiles (INT4 activations, W2 codes, Hadamard inputs) from SmolLM2 for the RTL benches."""
+    """Export real tiles from SmolLM2 for the RTL benches: INT4 activations and W2 codes of the whole q_proj (packed)
+    and of a down_proj slice (1536-long rows, inputs after the Hadamard unit), Hadamard inputs."""
     from qift_hw.bridge.tiles import export_tiles
     from qift_hw.verify.cases import tiles_path
 

@@ -243,6 +243,17 @@ def load_real_tiles(path: Path | None = None) -> dict:
     return tiles
 
 
+def whole_qproj(real: dict) -> np.ndarray:
+    """The whole q_proj's codes uint8 [N, K] from the tiles file (stored packed four per byte)."""
+    from qift_hw.core.levels import unpack_codes
+
+    if "qproj_packed" not in real or "down_codes" not in real:
+        raise QiftError("sim/data/smollm2_tiles.npz has no whole q_proj or down_proj; write it again with "
+                        "`qift-hw rtl tiles`")
+    N, K = (int(v) for v in real["qproj_shape"])
+    return unpack_codes(real["qproj_packed"], K).numpy()[:N]
+
+
 SMALL_TILE = {"rows": 4, "cols": 4, "kind": "pot_mnz", "acc_bits": 32, "w_depth": 1024, "a_depth": 256,
               "o_depth": 256}
 """The tile of the quick cases (a 4x4 array; buffers of 1 KiB, 512 B, 4 x 1 KiB)."""
@@ -251,6 +262,13 @@ LAYER_TILE = {"rows": 4, "cols": 4, "kind": "pot_mnz", "acc_bits": 32, "w_depth"
 """The tile of the layer-slice case: 64 output channels x 576 inputs of q_proj, 16 tokens."""
 SAT_TILE = {**SMALL_TILE, "acc_bits": 8}
 STREAM_TILE = {**SMALL_TILE, "dataflow": "stream", "w_depth": 256}
+QPROJ_TOKENS, DOWN_TOKENS = 4, 8
+"""Tokens of the whole-layer cases."""
+WHOLE_TILE = {**LAYER_TILE, "w_depth": 576 // 4 * 576, "a_depth": 1536 // 4 * DOWN_TOKENS,
+              "o_depth": 576 // 4 * QPROJ_TOKENS}
+"""The tile of the whole-layer cases, its buffers sized to hold them: all of q_proj's 576 x 576 codes (82,944 words
+of 4 codes, 81 KiB, a third of the default architecture's 256 KiB weight buffer), the down_proj slice's activations
+(384 words per token) and q_proj's 576 outputs per token (144 words per bank per token)."""
 """The ``stream`` tile of the decode case: weight words of R x C codes."""
 
 
@@ -261,8 +279,9 @@ def _rand(rng, M, K, N):
 
 
 def tile_cases(seed: int = 0, tiles_file: Path | None = None) -> list[TileCase]:
-    """The tile suite: random shapes with back-pressure everywhere and a mid-run reset, the real SmolLM2 slice
-    (reduced and whole), accumulator saturation."""
+    """The tile suite: random shapes with back-pressure everywhere and a mid-run reset, the real SmolLM2 layers
+    (reduced, a 64-channel slice, the whole q_proj, a down_proj slice with 1536-long rows), accumulator
+    saturation."""
     rng = np.random.default_rng(seed)
     small = layout_tile(SMALL_TILE)
     jobs = []
@@ -305,6 +324,20 @@ def tile_cases(seed: int = 0, tiles_file: Path | None = None) -> list[TileCase]:
     whole = [make_job(lay, acts, codes, Command(acts.shape[0], acts.shape[1], codes.shape[0], 8))]
     cases.append(TileCase("tile_smollm2_qproj_slice", LAYER_TILE, whole, hold_prob=0.0, valid_prob=1.0,
                           ready_prob=1.0, seed=seed, note="SmolLM2 GPTQ PoT-MNZ q_proj: 64 channels x 576, 16 tokens"))
+    full = layout_tile(WHOLE_TILE)
+    q = whole_qproj(real)
+    qa = acts[:QPROJ_TOKENS]
+    cases.append(TileCase("tile_smollm2_qproj_full", WHOLE_TILE,
+                          [make_job(full, qa, q.astype(np.int64), Command(qa.shape[0], q.shape[1], q.shape[0]))],
+                          hold_prob=0.0, valid_prob=1.0, ready_prob=1.0, seed=seed,
+                          note=f"SmolLM2 GPTQ PoT-MNZ q_proj, all {q.shape[0]} x {q.shape[1]} weights, "
+                               f"{qa.shape[0]} tokens"))
+    da, dw = real["down_acts"][:DOWN_TOKENS].astype(np.int64), real["down_codes"].astype(np.int64)
+    cases.append(TileCase("tile_smollm2_down_slice", WHOLE_TILE,
+                          [make_job(full, da, dw, Command(da.shape[0], da.shape[1], dw.shape[0]))],
+                          hold_prob=0.0, valid_prob=1.0, ready_prob=1.0, seed=seed,
+                          note=f"SmolLM2 GPTQ PoT-MNZ down_proj: {dw.shape[0]} channels x {dw.shape[1]} (rows of its "
+                               f"1536 inputs after the online Hadamard), {DOWN_TOKENS} tokens"))
     return cases
 
 
