@@ -47,8 +47,8 @@ def _rows(folder: str) -> tuple[list[dict], dict]:
 
 
 def _dominated(p: dict, pts: list[dict]) -> bool:
-    return any(q["act"] == p["act"] and q["bits"] <= p["bits"] and q["ppl"] <= p["ppl"]
-               and (q["bits"] < p["bits"] or q["ppl"] < p["ppl"]) for q in pts)
+    return any(q["act"] == p["act"] and q["bits"] <= p["bits"] and q["value"] <= p["value"]
+               and (q["bits"] < p["bits"] or q["value"] < p["value"]) for q in pts)
 
 
 def test_pareto_front_matches_brute_force_dominance():
@@ -63,6 +63,16 @@ def test_pareto_front_matches_brute_force_dominance():
     assert len(pts) == len(rows)
     assert [p["front"] for p in pts] == [not _dominated(p, pts) for p in pts]
     assert any(p["front"] for p in pts) and not all(p["front"] for p in pts)
+
+
+def test_accuracy_front_keeps_the_most_accurate_at_each_size(tmp_path):
+    rows = [{"label": n, "kind": "quant", "weights": "W2", "levels": ls, "a_bits": 4, "kv_bits": 4, "ppl": 50.0,
+             "tasks": {"qift_lastword": acc}} for n, ls, acc in
+            (("a", "mnz", 0.30), ("b", "std", 0.20), ("c", "int4", 0.25), ("d", "int4", 0.40), ("e", "int3", 0.35))]
+    pts = plots.pareto_points(rows, TINY, task="qift_lastword")
+    # b (2 bits) and c (4 bits) are beaten by a (2 bits, 0.30); e (3 bits) and d (4 bits) buy accuracy with bits
+    assert {p["label"] for p in pts if p["front"]} == {"a", "e", "d"}
+    assert plots.plot_pareto(rows, TINY, tmp_path / "acc.png", task="qift_lastword").is_file()
 
 
 @pytest.mark.parametrize("folder", ["pipeline_cpu", "pipeline_h100"])

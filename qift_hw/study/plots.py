@@ -127,37 +127,48 @@ def _series(row: dict) -> str:
     return f"{row['weights']} {_act(row)}"
 
 
-def pareto_points(rows: list[dict], shape: Any) -> list[dict]:
-    """Per run with a finite perplexity: label, series, act, bits per weight, model MB, perplexity and whether it
-    is on the non-dominated front (fewer bits, lower perplexity) of the runs with its activation setting."""
+def _metric(row: dict, task: str | None) -> float | None:
+    """A run's perplexity (task None) or its accuracy on ``task`` (rows' ``tasks``: task name -> accuracy)."""
+    v = row.get("ppl") if task is None else (row.get("tasks") or {}).get(task)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def pareto_points(rows: list[dict], shape: Any, task: str | None = None) -> list[dict]:
+    """Per run with a finite value (perplexity, or accuracy on ``task``): label, series, act, bits per weight, model
+    MB, value and whether it is on the non-dominated front (fewer bits; lower perplexity or higher accuracy) of the
+    runs with its activation setting."""
     import numpy as np
 
     from qift_hw.study.explore import pareto_mask
 
     pts = []
     for r in rows:
-        if r.get("ppl") is None or not math.isfinite(r["ppl"]):
+        value = _metric(r, task)
+        if value is None:
             continue
         sets = layer_level_sets(r, shape.layers)
         pts.append({"label": r["label"], "series": _series(r), "act": _act(r), "method": r.get("method"),
-                    "bits": bits_per_weight(sets, shape), "mb": model_megabytes(sets, shape), "ppl": r["ppl"],
+                    "bits": bits_per_weight(sets, shape), "mb": model_megabytes(sets, shape), "value": value,
                     "front": False})
     for act in {p["act"] for p in pts}:
         group = [p for p in pts if p["act"] == act]
-        mask = pareto_mask(np.array([[p["bits"], p["ppl"]] for p in group]), (False, False))
+        mask = pareto_mask(np.array([[p["bits"], p["value"]] for p in group]), (False, task is not None))
         for p, on in zip(group, mask):
             p["front"] = bool(on)
     return pts
 
 
-def plot_pareto(rows: list[dict], shape: Any, path: str | os.PathLike) -> Path:
-    """Perplexity against bits per weight (bottom axis) and model MB (top axis; a linear map of the bits for one
-    model), one non-dominated front per activation setting; points far above the best are named, not drawn."""
+def plot_pareto(rows: list[dict], shape: Any, path: str | os.PathLike, task: str | None = None) -> Path | None:
+    """Perplexity (or accuracy on ``task``) against bits per weight (bottom axis) and model MB (top axis; a linear
+    map of the bits for one model), one non-dominated front per activation setting; perplexities far above the
+    best are named below the axis, not drawn. None when no run has the value."""
     plt = _plt()
-    pts = pareto_points(rows, shape)
-    best = min(p["ppl"] for p in pts)
-    shown = [p for p in pts if p["ppl"] <= OFF_SCALE * best]
-    hidden = [p for p in pts if p["ppl"] > OFF_SCALE * best]
+    pts = pareto_points(rows, shape, task)
+    if not pts:
+        return None
+    best = min(p["value"] for p in pts)
+    hidden = [p for p in pts if task is None and p["value"] > OFF_SCALE * best]
+    shown = [p for p in pts if p not in hidden]
     acts = sorted({p["act"] for p in pts}, key=lambda a: (a != "A16", a))
     series = list(dict.fromkeys(p["series"].rsplit(" ", 1)[0] for p in sorted(pts, key=lambda p: -p["bits"])))
     markers = dict(zip(series, "s^Dvo<>ph"))
@@ -165,24 +176,25 @@ def plot_pareto(rows: list[dict], shape: Any, path: str | os.PathLike) -> Path:
     fig, ax = plt.subplots(figsize=(8.6, 4.6))
     for p in shown:
         kind = p["series"].rsplit(" ", 1)[0]
-        ax.scatter(p["bits"], p["ppl"], marker=markers[kind], s=40 if p["front"] else 22, color=colors[p["act"]],
+        ax.scatter(p["bits"], p["value"], marker=markers[kind], s=40 if p["front"] else 22, color=colors[p["act"]],
                    edgecolors="black" if p["front"] else "none", linewidths=0.9, alpha=1.0 if p["front"] else 0.55,
                    zorder=3)
     for act in acts:
-        front = sorted((p["bits"], p["ppl"], p["label"]) for p in shown if p["act"] == act and p["front"])
+        front = sorted((p["bits"], p["value"], p["label"]) for p in shown if p["act"] == act and p["front"])
         if front:
             ax.step([f[0] for f in front], [f[1] for f in front], where="post", color=colors[act], lw=1.0, zorder=2)
             for x, y, label in front:
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6.5,
                             color=colors[act])
-    ax.set_yscale("log")
+    if task is None:
+        ax.set_yscale("log")
     ax.set_xscale("log", base=2)
     lo, hi = min(p["bits"] for p in pts), max(p["bits"] for p in pts)
     ticks = [t for t in (2, 3, 4, 6, 8, 16) if lo * 0.9 <= t <= hi * 1.1]
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("bits per decoder-linear weight (codes + one fp32 scale per output channel)")
-    ax.set_ylabel("perplexity")
+    ax.set_ylabel("perplexity" if task is None else f"accuracy on {task}")
     ax.grid(True, which="both", alpha=0.25)
     per_bit = shape.layers * shape.layer_params() / 8e6
     base = (1 if shape.tied else 2) * shape.vocab * shape.hidden * FLOAT_BITS / 8e6

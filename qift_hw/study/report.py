@@ -284,7 +284,8 @@ def write_report(rows: list[dict], folder: str | os.PathLike, meta: dict | None 
 
 def write_plots(rows: list[dict], folder: str | os.PathLike, meta: dict) -> list[Path]:
     """The report's pictures that its rows have data for: ppl.png, pareto.png (needs the model's shape: meta
-    "model", default smollm2), sensitivity.png, residuals.png, ratio_sweep.png."""
+    "model", default smollm2) and pareto_<task>.png per lm-eval task in the rows' ``tasks``, sensitivity.png,
+    residuals.png, ratio_sweep.png."""
     from qift_hw.core.shapes import load_model_shape
     from qift_hw.study.plots import plot_pareto, plot_ppl, plot_residuals, plot_sensitivity
 
@@ -293,7 +294,10 @@ def write_plots(rows: list[dict], folder: str | os.PathLike, meta: dict) -> list
     made = [plot_ppl(rows, folder / "ppl.png"), plot_sensitivity(rows, folder / "sensitivity.png"),
             plot_residuals(rows, folder / "residuals.png")]
     try:
-        made.append(plot_pareto(rows, load_model_shape(meta.get("model") or "smollm2"), folder / "pareto.png"))
+        shape = load_model_shape(meta.get("model") or "smollm2")
+        made.append(plot_pareto(rows, shape, folder / "pareto.png"))
+        for task in dict.fromkeys(t for r in rows for t in (r.get("tasks") or {})):
+            made.append(plot_pareto(rows, shape, folder / f"pareto_{task}.png", task))
     except QiftError as exc:
         print(f"warning: no pareto.png: {exc}", file=sys.stderr)
     if any(r.get("ratio") is not None for r in rows):
