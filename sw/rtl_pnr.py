@@ -33,7 +33,7 @@ CAVEAT = ("FPGA figures: Lattice ECP5 LFE5U-85F (CABGA381, speed grade 6, nextpn
 
 
 def jobs(quick: bool, seeds: int, big: bool, v2: bool) -> list[tuple[str, Top, bool, int]]:
-    """(what, top, dsp allowed, seed), cheapest first (``_cost``; extra seeds count five times): the PEs at seeds
+    """(what, top, dsp allowed, seed), cheapest first (``_cost``; extra seeds after every first seed): the PEs at seeds
     1..N, the v1 and v2 WS arrays at seed 1, the v1 arrays up to 8x8 at the other seeds."""
     dsp_opts = {k: ((True, False) if k in MULTIPLIERS else (True,)) for k in PE_KINDS}
     if quick:
@@ -47,7 +47,7 @@ def jobs(quick: bool, seeds: int, big: bool, v2: bool) -> list[tuple[str, Top, b
     runs = [(w, t, d, s) for s in range(1, seeds + 1) for w, t, d in pes]
     runs += [(w, t, d, 1) for w, t, d in arrays + arrays2]
     runs += [(w, t, d, s) for s in range(2, seeds + 1) for w, t, d in arrays if t.params["rows"] <= 8]
-    return sorted(runs, key=lambda j: _cost(j[1], j[2]) * (1 if j[3] == 1 else 5))
+    return sorted(runs, key=lambda j: _cost(j[1], j[2]) * (1 if j[3] == 1 else 20))
 
 
 def _cost(top: Top, dsp: bool) -> float:
@@ -109,7 +109,9 @@ def summarise(runs: list[dict]) -> list[dict]:
         if row["what"] == "pe":
             row["k_max_16bit"] = k_tile_for_16_bits(p["kind"], p["act_bits"])
         out.append(row)
-    return out
+    order = {k: i for i, k in enumerate(PE_KINDS)}
+    return sorted(out, key=lambda r: (r["what"] != "pe", r["what"], int(r["size"].split("x")[0] or 0),
+                                      -r["acc_bits"], order.get(r["kind"], 99), not r["dsp"]))
 
 
 def _fmax(r: dict) -> str:
@@ -169,8 +171,11 @@ def main() -> int:
     out_dir = args.out or (Path("runs") / "rtl_pnr" if args.quick else Path("docs") / "results")
     todo = [j for j in jobs(args.quick, 1 if args.quick else args.seeds, args.big, args.v2) if args.only in j[1].name]
     runs, t0 = [], time.perf_counter()
+    texts: dict[str, str] = {}
     for i, (what, top, dsp, seed) in enumerate(todo):
-        text = verilog_text(top)
+        if top.name not in texts:
+            texts[top.name] = verilog_text(top)
+        text = texts[top.name]
         if args.cached:
             key = pnr.cache_key(text, top.name, dsp, seed, pnr.TARGET_MHZ, pnr.tool_versions())
             if not list(args.cache.glob(f"{top.name}.*.{key}.json")):

@@ -198,6 +198,7 @@ def test_summary_takes_the_median_over_seeds_and_flags_a_design_that_does_not_fi
             "comb_available": 83640, "wrapper_ff": 4, "critical_path": "", "pnr_s": 1.0}
     runs = [{**base, "seed": s, "fmax_mhz": f} for s, f in ((2, 90.0), (1, 120.0), (3, 100.0))]
     runs.append({**base, "name": "b", "dsp": True, "fits": False, "dut_mult18": 256, "seed": 1, "fmax_mhz": 0.0})
-    a, b = _script().summarise(runs)
+    rows = {r["name"]: r for r in _script().summarise(runs)}
+    a, b = rows["a"], rows["b"]
     assert (a["fmax_min"], a["fmax_median"], a["fmax_max"], a["seeds"], a["size"]) == (90.0, 100.0, 120.0, 3, "4x4")
     assert not b["fits"] and b["seeds"] == 0 and b["fmax_median"] is None

