@@ -189,10 +189,11 @@ def _result(name: str, res: Mapping[str, Any], n: int) -> TaskResult:
 
 
 def evaluate_tasks(model, tokenizer, names: Sequence[str], tm, limit: int | None = None, batch_size: int = 8,
-                   bootstrap_iters: int = BOOTSTRAP_ITERS, progress: bool = True) -> list[TaskResult]:
+                   bootstrap_iters: int = BOOTSTRAP_ITERS) -> list[TaskResult]:
     """Accuracy of `model` (a transformers causal LM, float or quantized) on the tasks ``names`` through lm-eval's
-    HFLM and simple_evaluate; ``tm`` from `task_manager`; ``limit``: the first N examples of each task."""
-    import lm_eval
+    HFLM and simple_evaluate, one result per task (a group's member tasks each); ``tm`` from `task_manager`;
+    ``limit``: the first N examples of each task."""
+    lm_eval = _lm_eval()
     from lm_eval.models.huggingface import HFLM
 
     _quiet_lm_eval()
@@ -200,16 +201,10 @@ def evaluate_tasks(model, tokenizer, names: Sequence[str], tm, limit: int | None
         raise QiftError(f"--limit must be at least 1, got {limit}")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(model=lm, tasks=list(names), task_manager=tm, limit=limit, log_samples=False,
-                                  bootstrap_iters=bootstrap_iters, verbosity="ERROR")
-    n_samples = out.get("n-samples", {})
-    results = []
-    for name in names:
-        leaves = [name] if name in out["results"] and "acc,none" in out["results"][name] else \
-            [k for k in out["results"] if k != name and k in n_samples]
-        for leaf in leaves:
-            n = n_samples.get(leaf, {})
-            results.append(_result(leaf, out["results"][leaf], int(n.get("effective", n.get("original", 0)))))
-    return results
+                                  bootstrap_iters=bootstrap_iters)
+    counts = out.get("n-samples", {})
+    return [_result(task, res, int(counts[task].get("effective", counts[task].get("original", 0))))
+            for task, res in out["results"].items() if task in counts]
 
 
 @dataclass
