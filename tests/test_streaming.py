@@ -81,3 +81,45 @@ def test_sensitivity_layers_refused(sharded):
     cfg = QuantConfig(method="rtn", w2_layers="sensitivity:1")
     with pytest.raises(QiftError, match="sensitivity pass"):
         stream_run(folder, cfg, progress=False)
+
+
+def test_cli_eval_stream_equals_in_memory(sharded, tmp_path):
+    """`qift-hw eval --stream` on a folder with a tokenizer: the perplexity of the in-memory pipeline's point."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from typer.testing import CliRunner
+
+    from qift_hw.algo.data import get_windows
+    from qift_hw.algo.evaluate import evaluate_ppl
+    from qift_hw.algo.models import load_model
+    from qift_hw.cli import app
+
+    src, _ = sharded
+    folder = tmp_path / "model"
+    shutil.copytree(src, folder)
+    vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(VOCAB - 1)}}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(folder)
+    words = [f"w{int(i)}" for i in _windows(6, 1, 4000)[0] % (VOCAB - 1) + 1]
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(" ".join(words[i:i + 50]) for i in range(0, len(words), 50)) + "\n")
+
+    args = ["--model", str(folder), "--text", str(text), "--levels", "mnz", "--method", "rtn", "--w2-layers", "all",
+            "--windows", "2", "--seqlen", "16", "--no-progress"]
+    res = CliRunner().invoke(app, ["eval", "--stream", *args, "--out", str(tmp_path / "out"),
+                                   "--export", str(tmp_path / "shards")])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]["ppl"]
+
+    model, tok = load_model(str(folder))
+    cfg = QuantConfig(levels="mnz", method="rtn", w2_layers="all", calib_source=str(text))
+    quantize_model(model, tok, cfg, progress=False)
+    ev = get_windows(tok, str(text), "eval", 16, 2)
+    assert got == evaluate_ppl(model, ev, progress=False)
+    assert (tmp_path / "shards" / "qift-index.json").is_file()
+
+    bad = CliRunner().invoke(app, ["eval", "--stream", *args[2:], "--model", "smollm2"])
+    assert isinstance(bad.exception, QiftError) and "local Hugging Face checkpoint folder" in str(bad.exception)

@@ -267,8 +267,10 @@ def stream_run(folder: str | Path, config: QuantConfig | None = None, calib: tor
                 kept.update(lw)
         else:
             lrec, outs = [], None
-        if gptq and i + 1 < n_layers:
+        if gptq and any(later is not None for later in level_sets[i + 1:]):
             calib_b = outs if outs is not None else propagate(layer, calib_b)
+        else:
+            calib_b = None
         if eval_b is not None:
             t0 = time.perf_counter()
             eval_b = propagate(layer, eval_b)

@@ -186,6 +186,9 @@ def eval_cmd(
     export: Optional[Path] = typer.Option(None, "--export", help="Save the quantized model (one quantized run only) "
                                           "as a safetensors checkpoint."),
     backend: str = _backend, sim_hadamard: str = _simhad, progress: bool = _progress,
+    stream: bool = typer.Option(False, "--stream", help="Layer by layer from a HF folder's memory-mapped shards "
+                                "(models larger than memory): one --levels and --method, W2 layers given (not "
+                                "sensitivity:L), torch backend; --export names a folder of qift-1 shards."),
 ) -> None:
     """Perplexity of FP / rotated / quantized models on non-overlapping windows; prints a Markdown table."""
     from qift_hw.bridge.sim_backend import eval_backend
@@ -193,6 +196,9 @@ def eval_cmd(
 
     base = quant_config(text, device, locals())
     base.validate()
+    if stream:
+        _eval_stream(model, text, levels, method, base, windows, seqlen, threads, out, export, progress)
+        return
     hook = eval_backend(backend, sim_hadamard)
     if table is not None:
         points = preset_points(table, base, mixed)
@@ -216,6 +222,47 @@ def eval_cmd(
                    model_id=_model_id(model), progress=progress, on_row=_partial_writer(out, meta, rows),
                    export=export, backend=hook)
     _finish(rows, meta, out)
+
+
+def _eval_stream(model: str, text: str, levels: str, method: str, base, windows: Optional[int], seqlen: int,
+                 threads: Optional[int], out: Optional[Path], export: Optional[Path], progress: bool) -> None:
+    """`eval --stream`: one quantized point through `algo.streaming` (the model is never loaded whole)."""
+    import dataclasses
+
+    import torch
+
+    from qift_hw.algo.data import get_windows
+    from qift_hw.algo.streaming import stream_run
+
+    if len(parse_list(levels)) != 1 or len(parse_list(method)) != 1:
+        raise QiftError("--stream runs one point; give one --levels and one --method")
+    if not Path(model).is_dir():
+        raise QiftError(f"--stream needs a local Hugging Face checkpoint folder, got --model {model}")
+    cfg = dataclasses.replace(base, levels=levels, method=method)
+    cfg.validate()
+    _check_inputs(text, "eval", threads, seqlen, windows, out)
+    if threads:
+        torch.set_num_threads(threads)
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise QiftError(f"--stream: no tokenizer in {model} ({str(exc).splitlines()[0][:200]})") from exc
+    ev = get_windows(tok, text, "eval", seqlen, windows)
+    calib = (get_windows(tok, cfg.calib_source, "calib", cfg.calib_seqlen, cfg.calib_windows, cfg.calib_seed)
+             if cfg.method == "gptq" else None)
+    t0 = time.perf_counter()
+    res = stream_run(model, cfg, calib=calib, eval_windows=ev, out=export, model_id=model, progress=progress)
+    errs = [r["rel_error"] for r in res.records if r.get("rel_error") is not None]
+    row = {"label": f"{cfg.label()} (stream)", "kind": "quant", "ppl": res.ppl, "seconds": time.perf_counter() - t0,
+           "levels": cfg.weights_name(), "method": cfg.method, "weights": cfg.weights_label(), "a_bits": cfg.a_bits,
+           "kv_bits": cfg.kv_bits, "rotated": cfg.rotate, "ratio": None, "config": cfg.to_dict(),
+           "w2_layers": res.w2_layers, "mean_rel_error": sum(errs) / len(errs) if errs else None,
+           "timings": res.timings}
+    _finish([row], _meta("qift-hw eval --stream", model, text, ev, seqlen, cfg), out)
+    if export is not None:
+        print(f"wrote {export} (qift-1 shards)")
 
 
 @app.command("sweep-ratio")
