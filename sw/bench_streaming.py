@@ -26,11 +26,16 @@ from pathlib import Path
 import torch
 
 
-def vmrss_bytes() -> int:
+def status_bytes(field: str = "VmRSS") -> int:
+    """A memory field of /proc/self/status (VmRSS, RssAnon: private memory, RssFile: mapped file pages), bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def vmrss_bytes() -> int:
+    return status_bytes("VmRSS")
 
 
 class RssSampler:
@@ -39,6 +44,7 @@ class RssSampler:
     def __init__(self, period: float = 0.1) -> None:
         self.peak = vmrss_bytes()
         self.per_layer: list[int] = []
+        self.anon_per_layer: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(period,), daemon=True)
 
@@ -53,6 +59,7 @@ class RssSampler:
 
     def on_layer(self, i: int) -> None:
         self.per_layer.append(self.sample())
+        self.anon_per_layer.append(status_bytes("RssAnon"))
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -117,6 +124,7 @@ def main() -> None:
         "machine_ram_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "peak_rss_ru_maxrss_bytes": ru_max, "peak_vmrss_sampled_bytes": sampler.peak,
         "rss_before_run_bytes": rss_start, "vmrss_after_each_layer_bytes": sampler.per_layer,
+        "rssanon_after_each_layer_bytes": sampler.anon_per_layer,
         "peak_over_model_fp32": ru_max / fp32_bytes, "peak_over_layer_fp32": ru_max / layer_fp32,
         "config": cfg.to_dict(), "w2_layers": res.w2_layers, "eval_windows": a.eval_windows, "seqlen": a.seqlen,
         "ppl_random_tokens": res.ppl, "timings_s": {k: round(v, 2) for k, v in res.timings.items()},

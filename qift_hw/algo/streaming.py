@@ -78,30 +78,28 @@ class ShardedCheckpoint:
         if missing:
             raise QiftError(f"checkpoint {self.folder}: shard {missing[0]} listed in {INDEX} is missing "
                             f"({len(missing)} missing); copy or re-download it")
-        self._open: dict[str, object] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
 
-    def tensor(self, name: str, dtype: torch.dtype = DTYPE) -> torch.Tensor:
-        """One tensor, read from its shard (only its bytes are paged in) and cast to `dtype`."""
+    def tensor(self, name: str, dtype: torch.dtype = DTYPE, device: torch.device | str = "cpu") -> torch.Tensor:
+        """One tensor, read from its shard (only its bytes are paged in) and cast to `dtype`; the shard is unmapped
+        again, so its pages do not stay in this process's resident set."""
         from safetensors import safe_open
 
         if name not in self.weight_map:
             raise QiftError(f"checkpoint {self.folder} has no tensor {name}; it does not match its config.json")
-        shard = self.weight_map[name]
-        if shard not in self._open:
-            self._open[shard] = safe_open(str(self.folder / shard), "pt")
-        return self._open[shard].get_tensor(name).to(dtype)
+        with safe_open(str(self.folder / self.weight_map[name]), "pt") as f:
+            return f.get_tensor(name).to(device=device, dtype=dtype)
 
     def nbytes(self) -> int:
         """Bytes of the shards on disk."""
         return sum((self.folder / s).stat().st_size for s in set(self.weight_map.values()))
 
 
-def skeleton(ckpt: ShardedCheckpoint) -> nn.Module:
-    """The model with all weights on meta, except the rotary tables and, loaded, the embedding, final norm and
-    lm_head (untied: the embedding is copied when the checkpoint has no lm_head)."""
+def skeleton(ckpt: ShardedCheckpoint, device: torch.device | str = "cpu") -> nn.Module:
+    """The model with all weights on meta, except the rotary tables and, loaded on `device`, the embedding, final
+    norm and lm_head (untied: the embedding is copied when the checkpoint has no lm_head)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -112,19 +110,20 @@ def skeleton(ckpt: ShardedCheckpoint) -> nn.Module:
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPE)
     check_supported(model)
     inner = model.model
-    inner.rotary_emb = type(inner.rotary_emb)(config=model.config)
+    inner.rotary_emb = type(inner.rotary_emb)(config=model.config).to(device)
     untie_embeddings(model)
     head = "lm_head.weight" if "lm_head.weight" in ckpt else "model.embed_tokens.weight"
-    load_module(model.model.embed_tokens, "model.embed_tokens.", ckpt)
-    load_module(model.model.norm, "model.norm.", ckpt)
-    model.lm_head.weight = nn.Parameter(ckpt.tensor(head), requires_grad=False)
+    load_module(model.model.embed_tokens, "model.embed_tokens.", ckpt, device)
+    load_module(model.model.norm, "model.norm.", ckpt, device)
+    model.lm_head.weight = nn.Parameter(ckpt.tensor(head, device=device), requires_grad=False)
     model.eval()
     return model
 
 
-def load_module(module: nn.Module, prefix: str, ckpt: ShardedCheckpoint) -> None:
-    """Replace the (meta) parameters of `module` by the checkpoint's tensors `prefix + name`."""
-    state = {name: ckpt.tensor(prefix + name) for name in module.state_dict()}
+def load_module(module: nn.Module, prefix: str, ckpt: ShardedCheckpoint,
+                device: torch.device | str = "cpu") -> None:
+    """Replace the (meta) parameters of `module` by the checkpoint's tensors `prefix + name`, on `device`."""
+    state = {name: ckpt.tensor(prefix + name, device=device) for name in module.state_dict()}
     module.load_state_dict(state, assign=True, strict=True)
     for p in module.parameters():
         p.requires_grad_(False)
@@ -178,7 +177,8 @@ def _prepare(model: nn.Module, config: QuantConfig | None) -> tuple[torch.Tensor
         return None, None
     hidden, inter, hd = check_rotatable(model)
     wrap_model(model)
-    q = random_hadamard(hidden, config.rotation_seed).to(dtype=torch.float64)
+    device = model.model.embed_tokens.weight.device
+    q = random_hadamard(hidden, config.rotation_seed).to(device=device, dtype=torch.float64)
     rotate_ends(model, q)
     info = RotationInfo(seed=config.rotation_seed, hidden_size=hidden, intermediate_size=inter, head_dim=hd,
                         num_layers=len(model.model.layers))
@@ -231,14 +231,14 @@ def stream_run(folder: str | Path, config: QuantConfig | None = None, calib: tor
     gptq = config is not None and config.method == "gptq"
     if gptq and calib is None:
         raise QiftError("GPTQ needs calibration windows; pass calib (or use method rtn)")
+    device = torch.device(config.device if config is not None else "cpu")
     ckpt = ShardedCheckpoint(folder)
-    model = skeleton(ckpt)
+    model = skeleton(ckpt, device)
     layers = model.model.layers
     n_layers = len(layers)
     w2, level_sets = _level_sets(config, n_layers)
     q, rotation = _prepare(model, config)
     hd = head_dim(model)
-    device = torch.device(config.device if config is not None else "cpu")
     batch_size = config.batch_size if config is not None else 1
     calib_b = capture_layer_inputs(model, calib, batch_size, device) if gptq else None
     eval_b = capture_layer_inputs(model, eval_windows, eval_batch_size, device) if eval_windows is not None else None
@@ -246,14 +246,14 @@ def stream_run(folder: str | Path, config: QuantConfig | None = None, calib: tor
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write(out_dir / "rest.safetensors",
-               {f"{p}.weight": getattr(model.get_submodule(p), "weight").detach().contiguous() for p in OUTER}, {})
+               {f"{p}.weight": model.get_submodule(p).weight.detach().cpu().contiguous() for p in OUTER}, {})
     timer: dict[str, float] = {"load_s": 0.0, "rotate_s": 0.0, "eval_s": 0.0}
     records: list[dict] = []
     kept: dict[str, QuantizedLinear] = {}
     for i in tqdm(range(n_layers), desc="stream", unit="layer", disable=not progress):
         layer, ls = layers[i], level_sets[i]
         t0 = time.perf_counter()
-        load_module(layer, f"model.layers.{i}.", ckpt)
+        load_module(layer, f"model.layers.{i}.", ckpt, device)
         t1 = time.perf_counter()
         timer["load_s"] += t1 - t0
         if q is not None:
