@@ -234,7 +234,8 @@ def make_job(tile: Tile, acts: np.ndarray, codes: np.ndarray, cmd: Command | Non
 
 
 def load_real_tiles(path: Path | None = None) -> dict:
-    """The SmolLM2 GPTQ PoT-MNZ q_proj slice and its INT4 activations (``sim/data/smollm2_tiles.npz``)."""
+    """The SmolLM2 GPTQ PoT-MNZ q_proj (slice and packed whole), down_proj slice and their INT4 activations
+    (``sim/data/smollm2_tiles.npz``)."""
     from qift_hw.verify.cases import load_tiles
 
     tiles = load_tiles(path)
