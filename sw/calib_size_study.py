@@ -40,7 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="8 and 16 windows of 128 tokens, layer 1 only")
-    p.add_argument("--out", default=None, help="folder for calib_study.json and calib_study.png")
+    p.add_argument("--out", default=None, help="folder for calib_study.json, calib_study.png and calib_study.md")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="only redraw the figure and tables of a saved calib_study.json (into --out or its folder)")
     a = p.parse_args(argv)
     if a.quick:
         a.windows, a.seqlen, a.held_out, a.layers, a.remedy_windows = "8,16", 128, 2, "1", 16
@@ -65,6 +67,62 @@ def summarise(res: dict) -> list[dict]:
                      "calib_err": sum(r["calib_err"] for r in sel) / len(sel),
                      "rtn_held_out_err": sum(rtn[ls]) / len(rtn[ls])})
     return rows
+
+
+def short(name: str) -> str:
+    return name.replace("model.layers.", "L").replace("self_attn.", "").replace("mlp.", "")
+
+
+def tables(res: dict) -> str:
+    """Markdown tables: held-out error by linear, level set and calibration size; spectra; remedies; clipping."""
+    sizes = res["windows"]
+    sets = list(dict.fromkeys(r["levels"] for r in res["gptq"]))
+    linears = list(dict.fromkeys(r["linear"] for r in res["gptq"]))
+    g = {(r["linear"], r["levels"], r["windows"]): r for r in res["gptq"]}
+    rtn = {(r["linear"], r["levels"]): r for r in res["rtn"]}
+    head = "| linear | set | " + " | ".join(f"{n} win" for n in sizes) + " | RTN |"
+    out = ["Held-out relative output error ||WX-QX||/||WX|| (GPTQ; in brackets held-out / calibration error)", "",
+           head, "|---|---|" + "---:|" * (len(sizes) + 1)]
+    for lin in linears:
+        for ls in sets:
+            cells = [f"{g[lin, ls, n]['held_out_err']:.3f} ({g[lin, ls, n]['held_out_err'] / g[lin, ls, n]['calib_err']:.2f})"
+                     for n in sizes]
+            out.append(f"| {short(lin)} | {ls} | " + " | ".join(cells) + f" | {rtn[lin, ls]['held_out_err']:.3f} |")
+    out += ["", "Hessian spectrum: cond(H), cond(H + damping), eigenvalues below the damping shift, damping retries "
+            "(max over the level sets)", "", "| linear | windows | tokens | cond(H) | cond(H+damp) | eig < damp | "
+            "near-zero eig | retries |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["spectra"]:
+        retries = max(g[r["linear"], ls, r["windows"]]["damp_retries"] for ls in sets)
+        out.append(f"| {short(r['linear'])} | {r['windows']} | {r['windows'] * res['seqlen']} | {r['cond']:.3g} | "
+                   f"{r['cond_damped']:.3g} | {r['n_below_damp']} | {r['n_near_zero']} | {retries} |")
+    out += ["", "Error feedback at the smallest and largest size: share of pre-rounding weights above the top level / "
+            "below the bottom level, share of the rounding error they carry, ||W'-W||/||W|| (RTN: of W itself)", "",
+            "| linear | set | windows | above top | below bottom | clip error share | feedback shift |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for lin in linears:
+        for ls in sets:
+            r0 = rtn[lin, ls]
+            if "above_top" in r0:
+                out.append(f"| {short(lin)} | {ls} | RTN | {r0['above_top']:.3f} | {r0['below_bottom']:.3f} | "
+                           f"{r0['clip_err_share']:.2f} | - |")
+            for n in (sizes[0], sizes[-1]):
+                r = g[lin, ls, n]
+                if "above_top" in r:
+                    out.append(f"| {short(lin)} | {ls} | {n} | {r['above_top']:.3f} | {r['below_bottom']:.3f} | "
+                               f"{r['clip_err_share']:.2f} | {r['feedback_shift']:.3f} |")
+    if res["remedies"]:
+        n = res["remedies"][0]["windows"]
+        out += ["", f"Remedies at {n} windows: held-out error (damp = fraction of mean diag H)", "",
+                "| linear | set | damp 0.01 | " + " | ".join(
+                    f"damp {r['damp']}" if not r.get("act_order") else "act-order" for r in res["remedy_list"])
+                + f" | {sizes[-1]} win, damp 0.01 |", "|---|---|" + "---:|" * (len(res["remedy_list"]) + 2)]
+        for lin in linears:
+            for ls in sets:
+                rs = [r for r in res["remedies"] if r["linear"] == lin and r["levels"] == ls]
+                out.append(f"| {short(lin)} | {ls} | {g[lin, ls, n]['held_out_err']:.3f} | "
+                           + " | ".join(f"{r['held_out_err']:.3f}" for r in rs)
+                           + f" | {g[lin, ls, sizes[-1]]['held_out_err']:.3f} |")
+    return "\n".join(out) + "\n"
 
 
 def plot(res: dict, path: Path) -> None:
@@ -108,8 +166,7 @@ def plot(res: dict, path: Path) -> None:
     ax = axes[2]
     for lin in linears:
         pts = sorted((r["windows"] * res["seqlen"], r["cond_damped"]) for r in res["spectra"] if r["linear"] == lin)
-        ax.plot(*zip(*pts), marker=".", label=lin.replace("model.layers.", "L").replace("self_attn.", "")
-                .replace("mlp.", ""))
+        ax.plot(*zip(*pts), marker=".", label=short(lin))
     ax.set(xscale="log", yscale="log", xlabel="calibration tokens", ylabel="cond(H + damping)",
            title="Hessian conditioning (damp 0.01 mean diag)")
     ax.legend(fontsize=7)
@@ -118,8 +175,20 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write_outputs(res: dict, out: Path) -> None:
+    from qift_hw.core.io import write_text
+
+    plot(res, out / "calib_study.png")
+    write_text(out / "calib_study.md", tables(res))
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.report:
+        import json
+
+        write_outputs(json.loads(Path(a.report).read_text()), Path(a.out or Path(a.report).parent))
+        return 0
     import torch
 
     from qift_hw.algo.config import QuantConfig
@@ -157,8 +226,8 @@ def main(argv=None) -> int:
     if a.out:
         out = Path(a.out)
         write_json(out / "calib_study.json", res)
-        plot(res, out / "calib_study.png")
-        print(f"wrote {out}/calib_study.json and calib_study.png")
+        write_outputs(res, out)
+        print(f"wrote {out}/calib_study.json, calib_study.png and calib_study.md")
     return 0
 
 
