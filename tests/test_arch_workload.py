@@ -6,7 +6,7 @@ import pytest
 
 from qift_hw.core.errors import QiftError
 from qift_hw.core.shapes import load_model_shape
-from qift_hw.sim.arch import Arch, list_presets, load_arch
+from qift_hw.sim.arch import Arch, arch_from_data, list_presets, load_arch
 from qift_hw.sim.workload import gemm_csv_workload, model_workload, parse_format_map, weight_bytes
 
 
@@ -159,3 +159,27 @@ def test_accelerator_doc_tables_are_current():
     res = subprocess.run([sys.executable, str(root / "sw" / "accelerator_doc_tables.py"), "--check"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_clock_and_luts_from_place_and_route():
+    """clock_from_pnr runs each format at its PE's post-route Fmax (multiplier in LUTs) read from rtl_pnr.json."""
+    import json
+    from pathlib import Path
+
+    from qift_hw.sim.accelerator import estimate
+
+    pnr = Path(__file__).resolve().parents[1] / "docs" / "results" / "rtl_pnr.json"
+    rows = json.loads(pnr.read_text())["rows"]
+    pe = {}
+    for r in rows:
+        if r.get("what") == "pe" and r["acc_bits"] == 32 and r["dut_mult18"] == 0:
+            pe.setdefault(r["kind"], r)
+    arch = load_arch("edge", {"clock_from_pnr": True, "array.rows": 8, "array.cols": 8})
+    res = estimate(arch, load_model_shape("smollm2"), levels=("pot_mnz", "int8"), phases=("prefill",), seqlen=32)
+    by = {r["format"]: r for r in res["summary"]}
+    for fmt in ("pot_mnz", "int8"):
+        assert by[fmt]["clock_mhz"] == pe[fmt]["fmax_median"]
+        assert by[fmt]["array_luts"] == pe[fmt]["dut_luts"] * 64
+        assert by[fmt]["seconds"] == pytest.approx(by[fmt]["cycles"] / (pe[fmt]["fmax_median"] * 1e6))
+    with pytest.raises(QiftError, match="pnr_json"):
+        arch_from_data({"clock_from_pnr": True})

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import get_level_set
 from qift_hw.core.shapes import ModelShape, load_model_shape
-from qift_hw.sim import cycle_model, dataflow, scalesim_compat
+from qift_hw.sim import cycle_model, dataflow, pnr_data, scalesim_compat
 from qift_hw.sim.arch import Arch, PRESETS_DIR, load_arch
 from qift_hw.sim.energy import PARTS, Counts, energy_parts, hadamard_adds
 from qift_hw.sim.pe_area import pe_areas
@@ -44,7 +44,8 @@ LAYER_COLUMNS = (
 SUMMARY_COLUMNS = (
     "format", "phase", "tokens", "cycles", "tokens_per_s", "energy_per_token_uj", "bound", "model", "arch", "batch",
     "seqlen", "context", "compute_cycles", "stall_cycles", "seconds", "pe_util", "dram_bytes_per_token",
-    *(p.replace("_pj", "_uj") for p in PARTS), "array_cells", "area_source")
+    *(p.replace("_pj", "_uj") for p in PARTS), "array_cells", "area_source", "clock_mhz", "pe_fmax_mhz",
+    "array_luts")
 BOUNDS = ("compute", "buffer", "dram")
 
 
@@ -201,8 +202,7 @@ def array_area(arch: Arch, pe: str) -> tuple[int | None, str]:
     note = "; buffers, Hadamard unit and quantizer not synthesized (not counted)"
     if not arch.area_json:
         return None, "none: the architecture file names no area_json" + note
-    p = Path(arch.area_json)
-    p = p if p.is_absolute() else REPO_ROOT / p
+    p = _repo_path(arch.area_json)
     cells = _pe_cells(str(p), arch.acc_bits).get(pe)
     if cells is None:
         return None, f"none: {arch.area_json} has no {pe} PE at {arch.acc_bits} accumulator bits" + note
@@ -256,7 +256,43 @@ def _summary(arch: Arch, workload: Workload, layers: list[dict]) -> dict:
     for p in PARTS:
         row[p.replace("_pj", "_uj")] = total(p) / tokens / 1e6
     row["array_cells"], row["area_source"] = cells, source
+    row["clock_mhz"] = arch.clock_mhz
+    fig = pnr_figures(arch).get(max(gemm_macs, key=gemm_macs.get)) if gemm_macs else None
+    row["pe_fmax_mhz"] = fig.fmax_mhz if fig else None
+    row["array_luts"] = fig.luts * arch.array.rows * arch.array.cols if fig else None
     return row
+
+
+def _repo_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+@lru_cache(maxsize=16)
+def _pnr_pes(path: str, acc_bits: int) -> dict:
+    return pnr_data.pe_figures(path, acc_bits)
+
+
+def pnr_figures(arch: Arch) -> dict:
+    """Post-route figures of the stand-alone PEs (multipliers in LUTs) at the arch's accumulator width, by PE kind;
+    empty when the architecture file names no pnr_json."""
+    return _pnr_pes(str(_repo_path(arch.pnr_json)), arch.acc_bits) if arch.pnr_json else {}
+
+
+def clocked(arch: Arch, levels: str | Mapping[str, str]) -> Arch:
+    """``arch`` at the post-route Fmax of the slowest PE the format uses, when ``clock_from_pnr`` asks for it."""
+    if not arch.clock_from_pnr:
+        return arch
+    sets = {levels} if isinstance(levels, str) else set(levels.values())
+    figs = pnr_figures(arch)
+    fmax = []
+    for ls in sets:
+        fig = figs.get(arch.pe_of(ls))
+        if fig is None or not fig.fmax_mhz:
+            raise QiftError(f"{arch.pnr_json} has no placed {arch.pe_of(ls)} PE at {arch.acc_bits} accumulator bits; "
+                            "run sw/rtl_pnr.py or set clock_from_pnr: false")
+        fmax.append(fig.fmax_mhz)
+    return load_arch(arch, {"clock_mhz": min(fmax)})
 
 
 def _label(levels: str | Mapping[str, str], i: int, labels: Sequence[str] | None) -> str:
@@ -281,7 +317,7 @@ def estimate(arch: Arch, shape: ModelShape, levels: Sequence[str | Mapping[str, 
         for phase in phases:
             wl = model_workload(shape, phase, lv, seqlen=seqlen, context=context, batch=batch, lm_head=lm_head,
                                 attention=attention, kv_bits=arch.kv_bits, label=label)
-            res = simulate(arch, wl)
+            res = simulate(clocked(arch, lv), wl)
             summary.append(res["summary"])
             layers.extend(res["layers"])
     return {"arch": arch.model_dump(mode="json"), "model": shape.name, "seqlen": seqlen,
@@ -292,8 +328,8 @@ def estimate(arch: Arch, shape: ModelShape, levels: Sequence[str | Mapping[str, 
 def estimate_point(point: Mapping) -> list[dict]:
     """One design point of a sweep: ``{"arch": preset or path, "set": {dotted: value}, "model": name or config
     path, "levels": level set or map, "phase", "seqlen", "context", "batch"}`` (optional ``lm_head``,
-    ``attention``, ``label``: the format name of a map) -> its summary rows, with the point's parameters as columns too (``set`` keys as dotted
-    columns, ``levels`` as its label)."""
+    ``attention``, ``label``: the format name of a map) -> its summary rows, with the point's parameters as
+    columns too (``set`` keys as dotted columns, ``levels`` as its label)."""
     sets = dict(point.get("set") or {})
     arch = load_arch(point.get("arch"), sets)
     shape = load_model_shape(point["model"])

@@ -158,6 +158,10 @@ class Arch(_Strict):
     energy: EnergyTable = EnergyTable()
     area_json: str | None = Field(None, description="rtl_area.json of `qift-hw rtl area` (PE cell counts); "
                                   "relative to the repository root or absolute")
+    pnr_json: str | None = Field(None, description="rtl_pnr.json of `sw/rtl_pnr.py` (FPGA place and route: PE "
+                                 "LUTs and Fmax, multipliers in LUTs); relative to the repository root or absolute")
+    clock_from_pnr: bool = Field(False, description="run each format at the post-route Fmax of its PE from "
+                                 "pnr_json (the slowest PE a format uses) instead of clock_mhz")
 
     @field_validator("pe")
     @classmethod
@@ -171,6 +175,8 @@ class Arch(_Strict):
     @model_validator(mode="after")
     def _acc_holds_a_product(self) -> "Arch":
         formats.acc_range(self.acc_bits)
+        if self.clock_from_pnr and not self.pnr_json:
+            raise ValueError("clock_from_pnr needs pnr_json (the place-and-route results to read Fmax from)")
         return self
 
     def pe_of(self, level_set: str) -> str:
