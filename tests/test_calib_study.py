@@ -98,3 +98,31 @@ def test_clip_stats_counts_weights_beyond_the_outer_levels():
     err2 = [(3 - 1) ** 2, 0.2**2, 0.4**2, 0.5**2]
     assert s["clip_err_share"] == pytest.approx((err2[0] + err2[1] + err2[3]) / sum(err2))
     assert s["rounding_rel_err"] == pytest.approx(math.sqrt(sum(err2) / (9 + 1.44 + 0.16 + 6.25)))
+
+
+def test_capture_snapshots_are_the_hessians_of_the_first_windows():
+    from qift_hw.algo.capture import capture_linear_inputs
+    from qift_hw.algo.config import QuantConfig
+    from qift_hw.algo.models import tiny_llama
+    from qift_hw.algo.prepare import prepare_model
+    from qift_hw.study.calib_study import capture_study_inputs, pick_linears
+
+    model = tiny_llama(seed=2, layers=2)
+    prepare_model(model, QuantConfig(a_bits=4, kv_bits=4))
+    gen = torch.Generator().manual_seed(5)
+    calib, held = torch.randint(0, 256, (3, 16), generator=gen), torch.randint(0, 256, (2, 16), generator=gen)
+    lins = pick_linears(model, [1, 0], ["down_proj", "q_proj"])
+    assert [lin.name for lin in lins] == [f"model.layers.{i}.{k}" for i in (0, 1)
+                                         for k in ("self_attn.q_proj", "mlp.down_proj")]
+    got = capture_study_inputs(model, lins, calib, held, [1, 3])
+    for c, lin in zip(got, lins):
+        for n in (1, 3):
+            X = capture_linear_inputs(model, lin, calib[:n]).double()
+            torch.testing.assert_close(c.hessians[n], 2.0 / X.shape[0] * X.T @ X)
+        torch.testing.assert_close(c.held_out, capture_linear_inputs(model, lin, held).float())
+    with pytest.raises(QiftError, match="calibration sizes"):
+        capture_study_inputs(model, lins, calib, held, [4])
+    with pytest.raises(QiftError, match="layer 5"):
+        pick_linears(model, [5], ["q_proj"])
+    with pytest.raises(QiftError, match="unknown linear"):
+        pick_linears(model, [0], ["qproj"])

@@ -104,8 +104,15 @@ class Captured:
     held_out: torch.Tensor
 
 
+FORWARD_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 def pick_linears(model: nn.Module, layers: Sequence[int], kinds: Sequence[str]) -> list[nn.Module]:
-    """QLinears `kinds` (e.g. q_proj, down_proj) of decoder `layers`, in forward order."""
+    """QLinears `kinds` (e.g. q_proj, down_proj) of decoder `layers`, in forward order (as `capturing` needs)."""
+    unknown = [k for k in kinds if k not in FORWARD_ORDER]
+    if unknown:
+        raise QiftError(f"unknown linear {unknown[0]!r}; use {', '.join(FORWARD_ORDER)}")
+    kinds = sorted(set(kinds), key=FORWARD_ORDER.index)
     out = []
     dl = decoder_layers(model)
     for i in sorted(layers):
@@ -115,8 +122,7 @@ def pick_linears(model: nn.Module, layers: Sequence[int], kinds: Sequence[str]) 
             mods = dict(dl[i].named_modules())
             lin = mods.get(f"self_attn.{kind}", mods.get(f"mlp.{kind}"))
             if lin is None:
-                raise QiftError(f"no linear {kind!r} in layer {i}; use q_proj, k_proj, v_proj, o_proj, gate_proj, "
-                                "up_proj or down_proj")
+                raise QiftError(f"no linear {kind!r} in layer {i}; is this a LLaMA-family model?")
             out.append(lin)
     return out
 
