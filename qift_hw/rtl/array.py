@@ -58,6 +58,12 @@ class _Array(wiring.Component):
         m.d.comb += [core.a.eq(a), core.w.eq(w), core.acc.eq(acc)]
         return core
 
+    def _ws_outputs(self, m: Module, grid: list) -> None:
+        """WS output ports: each column's bottom-row partial sum, overflow flag and valid bit (registers)."""
+        for c, bottom in enumerate(grid[-1]):
+            m.d.comb += [self.p_out[c].eq(bottom["p"]), self.ovf_out[c].eq(bottom["ov"]),
+                         self.pv_out[c].eq(bottom["pv"])]
+
     def lanes(self) -> dict[str, tuple[int, int, bool]]:
         """Vector layout of every data port: name -> (lanes, bits per lane, signed)."""
         return port_lanes(self)
@@ -118,10 +124,7 @@ class WSArray(_Array):
                     with m.Else():
                         m.d.sync += [cell["a"].eq(a), cell["p"].eq(core.sum), cell["ov"].eq(ov_up | core.over),
                                      cell["pv"].eq(pv_up)]
-        for c in range(C):
-            bottom = grid[R - 1][c]
-            m.d.comb += [self.p_out[c].eq(bottom["p"]), self.ovf_out[c].eq(bottom["ov"]),
-                         self.pv_out[c].eq(bottom["pv"])]
+        self._ws_outputs(m, grid)
         return m
 
 

@@ -119,10 +119,7 @@ class WS2Array(_Array):
                                  cell["w"].eq(w_use), cell["a"].eq(a), cell["sw"].eq(sw), cell["s"].eq(s_next)]
                     if self.chain:
                         m.d.sync += cell["sh"].eq(sh)
-        for c in range(C):
-            bottom = grid[R - 1][c]
-            m.d.comb += [self.p_out[c].eq(bottom["p"]), self.ovf_out[c].eq(bottom["ov"]),
-                         self.pv_out[c].eq(bottom["pv"])]
+        self._ws_outputs(m, grid)
         return m
 
 
