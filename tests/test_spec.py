@@ -94,7 +94,7 @@ def test_overrides_replace_fields():
     assert data["calibration"] == {"windows": 64}  # the parsed file is not changed
     with pytest.raises(QiftError, match="points has 1 item"):
         S.parse_spec(data, overrides=["points.3.levels=std"])
-    with pytest.raises(QiftError, match="FIELD=VALUE"):
+    with pytest.raises(QiftError, match="field.path=value"):
         S.parse_spec(data, overrides=["calibration.seeds"])
     with pytest.raises(QiftError, match="unknown field calibration.sedes"):
         S.parse_spec(data, overrides=["calibration.sedes=[1]"])

@@ -21,19 +21,11 @@ LM_HEAD_BITS = {0: None, 3: "int3", 4: "int4", 8: "int8"}
 
 def parse_sets(items: List[str]) -> dict[str, tuple[str, Any]]:
     """``--set field.path=value`` items (values read as YAML: numbers, booleans, lists) -> {path: (item, value)}."""
-    import yaml
+    from qift_hw.core.overrides import parse_override
 
     out: dict[str, tuple[str, Any]] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise QiftError(f"--set takes field.path=value (e.g. --set dram.gbps=32), got {item!r}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise QiftError(f"--set {item}: the value is not valid YAML; quote it or write a number, true/false, "
-                            "or a list [a, b]") from None
+        key, value = parse_override(item, "dram.gbps=32")
         out[key] = (f"--set {item}", value)
     return out
 

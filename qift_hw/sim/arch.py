@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from qift_hw.core import formats
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import MULTIPLIER_PE, SHIFT_ADD_PES, get_level_set
+from qift_hw.core.overrides import set_path
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "sim" / "accelerators"
 """The shipped presets (top-level ``sim/accelerators/``), one ``<name>.yaml`` each."""
@@ -223,19 +224,6 @@ def _field_error(exc: ValidationError, where: str) -> QiftError:
     return QiftError(f"{where}: field {loc}: {msg}")
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise QiftError(f"override {key}: {part!r} is not a section of the architecture file")
-        node = child
-    node[parts[-1]] = value
-
-
 def resolve_arch_path(name_or_path: str | Path) -> Path:
     """A preset name (``sim/accelerators/<name>.yaml``) or a path to a YAML file."""
     text = str(name_or_path)
@@ -276,7 +264,7 @@ def arch_from_data(data: Mapping[str, Any], overrides: Mapping[str, Any] | None 
     data = json.loads(json.dumps(dict(data)))
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(data, key, value)
+            set_path(data, key, value, "override")
     try:
         return Arch.model_validate(data)
     except ValidationError as exc:

@@ -12,7 +12,6 @@ specs, seeds and grids") is the reference.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 import itertools
@@ -31,6 +30,7 @@ from qift_hw.algo.mixed import parse_w2_spec
 from qift_hw.algo.qmodel import FLOAT_BITS
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import get_level_set
+from qift_hw.core.overrides import apply_overrides, parse_overrides
 from qift_hw.study.explore import read_yaml
 from qift_hw.study.points import TASK_FUNCTION, TASK_RUNNER
 
@@ -155,50 +155,12 @@ def _error(exc: ValidationError, where: str) -> QiftError:
     return QiftError(f"{where}: field {loc}: {msg}{shown}")
 
 
-def _set_path(data: dict, dotted: str, value: Any) -> None:
-    """Set ``a.b.0.c`` in nested dicts/lists (list items by index), creating missing mappings."""
-    parts = dotted.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise QiftError(f"--set {dotted}: {'.'.join(parts[:i])} has {len(node)} item(s); give an index "
-                                f"0..{len(node) - 1}")
-            key: Any = int(part)
-        elif isinstance(node, dict):
-            key = part
-            if not last and key not in node:
-                node[key] = {}
-        else:
-            raise QiftError(f"--set {dotted}: {'.'.join(parts[:i])} is a value, not a section")
-        if last:
-            node[key] = value
-        else:
-            node = node[key]
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict:
-    """A copy of ``data`` with each ``field=value`` applied (dotted field; value parsed as YAML: 3, [0, 1], std)."""
-    out = copy.deepcopy(dict(data))
-    for item in overrides:
-        field, eq, text = item.partition("=")
-        if not eq or not field.strip():
-            raise QiftError(f"--set {item!r}: write FIELD=VALUE, e.g. calibration.seeds=[0,1,2]")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        _set_path(out, field.strip(), value)
-    return out
-
-
 def parse_spec(data: Any, source: str = "spec", overrides: Sequence[str] = ()) -> RunSpec:
     """A validated spec from a parsed YAML mapping and ``--set`` overrides."""
     if not isinstance(data, dict):
         raise QiftError(f"{source} must be a mapping of fields, got {type(data).__name__}")
     try:
-        spec = RunSpec.model_validate(apply_overrides(data, overrides))
+        spec = RunSpec.model_validate(apply_overrides(data, parse_overrides(overrides)))
     except ValidationError as exc:
         raise _error(exc, source) from None
     check_tasks(spec, source)
