@@ -22,6 +22,7 @@ from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.algo.prepare import prepare_model
 from qift_hw.algo.qmodel import FLOAT_BITS
 from qift_hw.algo.quantize import quantize_model
+from qift_hw.algo.quantized import QuantizedModel
 from qift_hw.core.errors import QiftError
 from qift_hw.core.levels import TWO_BIT_SETS
 
@@ -119,6 +120,28 @@ def run_dir_for(root: str | Path | None, cfg: QuantConfig, inputs: dict) -> Path
     return None if root is None else Path(root) / run_key(cfg, inputs)
 
 
+def point_model(kind: str, config: QuantConfig | None, base_model: nn.Module, tokenizer, device: str = "cpu",
+                run_root: str | Path | None = None, model_id: str = "", progress: bool = True,
+                calib: torch.Tensor | None = None, weights: str | None = None) -> tuple[nn.Module, QuantizedModel | None]:
+    """A point's model on `device`: a deep copy of the float `base_model`, as is (fp), rotated (rotated_fp) or
+    quantized (quant, with per-layer checkpoints under `run_root`), and its QuantizedModel (None unless quant).
+    ``weights``: `weights_digest` of `base_model` when the caller has it (computed here otherwise)."""
+    model = copy.deepcopy(base_model).to(device)
+    qm = None
+    if kind == "rotated_fp":
+        prepare_model(model, config)
+    elif kind == "quant":
+        cfg = replace(config, device=str(device))
+        inputs = None
+        if run_root is not None:
+            inputs = run_inputs(weights or weights_digest(base_model), model_id, cfg, calib)
+        qm = quantize_model(model, tokenizer, cfg, run_dir=run_dir_for(run_root, cfg, inputs), calib=calib,
+                            model_id=model_id, progress=progress, inputs=inputs)
+    elif kind != "fp":
+        raise QiftError(f"unknown model kind {kind!r}; use fp, rotated_fp or quant")
+    return model, qm
+
+
 def run_points(
     points: list[Point],
     base_model: nn.Module,
@@ -144,17 +167,10 @@ def run_points(
     weights = weights_digest(base_model) if run_root is not None else None
     for k, point in enumerate(points):
         t0 = time.perf_counter()
-        model = copy.deepcopy(base_model).to(device)
-        qm = None
-        if point.kind == "rotated_fp":
-            prepare_model(model, point.config)
-        elif point.kind == "quant":
-            cfg = replace(point.config, device=str(device))
-            inputs = run_inputs(weights, model_id, cfg, calib) if weights is not None else None
-            qm = quantize_model(model, tokenizer, cfg, run_dir=run_dir_for(run_root, cfg, inputs), calib=calib,
-                                model_id=model_id, progress=progress, inputs=inputs)
-            if export is not None:
-                save_quantized(export, qm, model_id=model_id)
+        model, qm = point_model(point.kind, point.config, base_model, tokenizer, device, run_root, model_id,
+                                progress, calib, weights)
+        if qm is not None and export is not None:
+            save_quantized(export, qm, model_id=model_id)
         info = backend(model, qm.weights) if backend is not None and qm is not None else None
         t1 = time.perf_counter()
         ppl = evaluate_ppl(model, eval_windows, device=device, progress=progress)

@@ -13,13 +13,12 @@ The task is written as lm-eval task YAML beside a JSONL file of the examples (`b
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -230,25 +229,15 @@ def prepared_model(spec: ModelSpec, base, tokenizer, device: str = "cpu", run_ro
         model, meta = load_quantized(spec.checkpoint, device=device)
         info["w2_layers"] = meta.get("w2_layers")
         weights = quantized_weights(spec.checkpoint) if backend is not None else None
-    else:
-        from qift_hw.algo.prepare import prepare_model
-        from qift_hw.algo.quantize import quantize_model
-        from qift_hw.algo.run_folder import run_inputs, weights_digest
-        from qift_hw.study.experiments import run_dir_for
+    elif spec.kind in ("fp", "rotated_fp", "quant"):
+        from qift_hw.study.experiments import point_model
 
-        model = copy.deepcopy(base).to(device)
-        weights = None
-        if spec.kind == "rotated_fp":
-            prepare_model(model, spec.config)
-        elif spec.kind == "quant":
-            cfg = replace(spec.config, device=str(device))
-            inputs = run_inputs(weights_digest(base), model_id, cfg) if run_root is not None else None
-            qm = quantize_model(model, tokenizer, cfg, run_dir=run_dir_for(run_root, cfg, inputs),
-                                model_id=model_id, progress=progress, inputs=inputs)
-            weights = qm.weights
+        model, qm = point_model(spec.kind, spec.config, base, tokenizer, device, run_root, model_id, progress)
+        weights = qm.weights if qm is not None else None
+        if qm is not None:
             info["w2_layers"] = qm.w2_layers
-        elif spec.kind != "fp":
-            raise QiftError(f"unknown model kind {spec.kind!r}; use fp, rotated_fp, quant or checkpoint")
+    else:
+        raise QiftError(f"unknown model kind {spec.kind!r}; use fp, rotated_fp, quant or checkpoint")
     if backend is not None and weights is not None:
         info["backend"] = backend(model, weights)
     model.eval()
