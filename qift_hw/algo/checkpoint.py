@@ -12,6 +12,11 @@ for `asym`, `NAME.zero` (float32 [N, 1]); the metadata entry `linears` gives eac
   structure (online Hadamards) and installs the dequantized weights, so the reloaded model computes exactly what
   was exported.
 - A run folder's layers (`run_folder.save_layer`) hold a decoder layer's linears and per-linear records.
+- A streamed checkpoint (format "qift-1-sharded", the folder `streaming.stream_run` exports) is the same model
+  split into files: `rest.safetensors` (embedding, final norm, lm_head), one `layer-NNNNN.safetensors` per decoder
+  layer (its linears and other tensors, as above) and `qift-index.json` (written last: the exported model's
+  metadata, the source folder, each file's digest and provenance). `load_quantized` and `quantized_weights` take
+  the folder as they take a file; it is self-contained (the source shards are not read again).
 
 Every file carries a content digest (`content_digest`, metadata entry `digest`). Readers trust nothing: each
 tensor's dtype and shape is checked against the metadata, codes against their level set, the metadata against
@@ -35,7 +40,7 @@ from qift_hw.algo.models import MODEL_SOURCE, short_message, untie_embeddings
 from qift_hw.algo.prepare import prepare_model
 from qift_hw.algo.quantized import QuantizedLinear, QuantizedModel
 from qift_hw.core.errors import QiftError
-from qift_hw.core.io import atomic_path
+from qift_hw.core.io import atomic_path, write_json
 from qift_hw.core.levels import LevelSet, QParams, get_level_set, pack_codes, unpack_codes
 
 FORMAT = "qift-1"
@@ -48,6 +53,12 @@ DIGEST = "digest"
 QUANTIZED_SUFFIXES = (".qcodes", ".scale", ".zero")
 PARAM_DTYPE = torch.float32
 """dtype of stored scales and zero points, and of every float tensor of an exported model."""
+STREAM_FORMAT = "qift-1-sharded"
+STREAM_INDEX = "qift-index.json"
+STREAM_REST = "rest.safetensors"
+STREAM_FIELDS = ("format", "hf_config", "rotation", "quant_config", "w2_layers", "model_id", "source", "files",
+                 "digests", "provenance")
+"""Entries of a streamed checkpoint's index."""
 
 
 def _pack_bits(bits: int) -> int:
@@ -112,7 +123,8 @@ def _raw_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     if not path.is_file():
-        raise QiftError(f"checkpoint {path} does not exist; pass a file written by `qift-hw quantize`")
+        raise QiftError(f"checkpoint {path} does not exist; pass a file written by `qift-hw quantize` (or the "
+                        "folder `qift-hw eval --stream --export` writes)")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -238,7 +250,12 @@ def read_linears(path: str | Path, linears: dict[str, dict], device: str | torch
 
 
 def quantized_weights(path: str | Path) -> dict[str, QuantizedLinear]:
-    """Codes and per-row params of every quantized linear of a checkpoint (for the bit-accurate model)."""
+    """Codes and per-row params of every quantized linear of a checkpoint file or streamed checkpoint folder (for
+    the bit-accurate model)."""
+    path = Path(path)
+    if path.is_dir():
+        with _reading(path):
+            return _linears_from(*_read_stream(path, _stream_index(path)), "cpu")
     return read_linears(path, read_metadata(path)["linears"])
 
 
@@ -336,18 +353,123 @@ def _rebuild(path: Path, hf_config: dict) -> nn.Module:
         raise QiftError(f"checkpoint {path}: cannot rebuild model config ({short_message(exc)})") from exc
 
 
+def stream_layer_file(i: int) -> str:
+    """File name of decoder layer i in a streamed checkpoint."""
+    return f"layer-{i:05d}.safetensors"
+
+
+def stream_files(n_layers: int) -> list[str]:
+    """The files of a streamed checkpoint of a model with `n_layers` decoder layers, in the order they are written."""
+    return [STREAM_REST, *(stream_layer_file(i) for i in range(n_layers))]
+
+
+def write_stream_index(folder: str | Path, hf_config: dict, rotation: dict | None, quant_config: dict | None,
+                       w2_layers: list[int], model_id: str, source: str) -> Path:
+    """Write `qift-index.json` (atomically, last) over the files already in `folder`: the exported model's
+    metadata, the source checkpoint, each file's content digest (so a file of another run is refused) and
+    provenance."""
+    from qift_hw.core.provenance import provenance
+
+    folder = Path(folder)
+    files = stream_files(int(hf_config["num_hidden_layers"]))
+    digests = {name: _raw_metadata(folder / name)[DIGEST] for name in files}
+    return write_json(folder / STREAM_INDEX, {
+        "format": STREAM_FORMAT, "hf_config": hf_config, "rotation": rotation, "quant_config": quant_config,
+        "w2_layers": w2_layers, "model_id": model_id, "source": source, "files": files, "digests": digests,
+        "provenance": provenance()})
+
+
+def _stream_error(folder: Path, what: str) -> QiftError:
+    return QiftError(f"streamed checkpoint {folder}: {what}; run the streaming quantization "
+                     "(`qift-hw eval --stream --export`) again")
+
+
+def _stream_index(folder: Path) -> dict:
+    """The index of a streamed checkpoint folder, its entries present and its file list the one its config implies."""
+    index = folder / STREAM_INDEX
+    if not index.is_file():
+        raise QiftError(f"{folder} is a folder without {STREAM_INDEX}, so not a finished streaming run's output; run "
+                        "`qift-hw eval --stream --export` (again) or pass a checkpoint file")
+    try:
+        meta = json.loads(index.read_text())
+    except (OSError, ValueError) as exc:
+        raise _stream_error(folder, f"{STREAM_INDEX} is not readable JSON ({short_message(exc)})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != STREAM_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise _stream_error(folder, f"{STREAM_INDEX} has format {got!r}, expected {STREAM_FORMAT!r}")
+    missing = [k for k in STREAM_FIELDS if k not in meta]
+    if missing:
+        raise _stream_error(folder, f"{STREAM_INDEX} lacks entry {missing[0]!r} (written by an older qift-hw?)")
+    n = meta["hf_config"].get("num_hidden_layers") if isinstance(meta["hf_config"], dict) else None
+    if type(n) is not int or n < 1 or meta["files"] != stream_files(n):
+        raise _stream_error(folder, f"{STREAM_INDEX} lists files {meta['files']!r}, not rest and one per layer of "
+                                    f"its config's {n!r} layers")
+    if not isinstance(meta["digests"], dict) or set(meta["digests"]) != set(meta["files"]):
+        raise _stream_error(folder, f"{STREAM_INDEX} does not give one digest per file")
+    return meta
+
+
+def _stream_owner(key: str) -> str:
+    m = _LAYER_OF.match(key)
+    return STREAM_REST if m is None else stream_layer_file(int(m.group(1)))
+
+
+def _read_stream(folder: Path, index: dict
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict]]:
+    """Every tensor, unpacked code and `linears` entry of a streamed checkpoint's files, each file checked as a
+    checkpoint file is, against the digest the index recorded for it and for holding only its own layer's tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+    codes: dict[str, torch.Tensor] = {}
+    linears: dict[str, dict] = {}
+    for name in index["files"]:
+        path = folder / name
+        if not path.is_file():
+            raise _stream_error(folder, f"{name} is missing")
+        with _reading(path):
+            raw = _raw_metadata(path)
+            if raw[DIGEST] != index["digests"][name]:
+                raise _stream_error(folder, f"{name} is not the file this run wrote (its digest differs from the one "
+                                            f"in {STREAM_INDEX})")
+            lin = _decode(path, raw).get("linears", {})
+            t, c = _read_tensors(path, raw, lin)
+        stray = sorted(k for k in [*t, *lin] if _stream_owner(k) != name)
+        if stray:
+            raise _stream_error(folder, f"{name} holds {stray[0]}, which belongs in {_stream_owner(stray[0])}")
+        tensors.update(t)
+        codes.update(c)
+        linears.update(lin)
+    return tensors, codes, linears
+
+
+def _load_stream(folder: Path) -> tuple[dict, QuantConfig, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Metadata (as an exported model's), config, tensors and codes of a streamed checkpoint folder."""
+    index = _stream_index(folder)
+    if index["quant_config"] is None:
+        raise QiftError(f"streamed checkpoint {folder} holds the float model (the streaming run had no quantization "
+                        f"config); load its source {index['source']} with load_model instead")
+    tensors, codes, linears = _read_stream(folder, index)
+    meta = {**index, "linears": linears}
+    return meta, _check_export_meta(folder, meta), tensors, codes
+
+
+def _load_file(path: Path) -> tuple[dict, QuantConfig, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Metadata, config, tensors and codes of an exported checkpoint file."""
+    raw = _raw_metadata(path)
+    meta = _decode(path, raw)
+    cfg = _check_export_meta(path, meta)
+    return (meta, cfg, *_read_tensors(path, raw, meta["linears"]))
+
+
 def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the quantized model from a checkpoint; returns (model in eval mode on `device`, metadata).
+    """Rebuild the quantized model from a checkpoint file or a streamed checkpoint folder; returns (model in eval
+    mode on `device`, metadata).
 
     QiftError (one line) for a checkpoint that is missing, corrupt, tampered with or inconsistent.
     """
     path = Path(path)
     with _reading(path):
-        raw = _raw_metadata(path)
-        meta = _decode(path, raw)
-        cfg = _check_export_meta(path, meta)
+        meta, cfg, tensors, codes = _load_stream(path) if path.is_dir() else _load_file(path)
         linears = meta["linears"]
-        tensors, codes = _read_tensors(path, raw, linears)
         model = _rebuild(path, meta["hf_config"])
         untie_embeddings(model)
         model.eval()

@@ -15,11 +15,12 @@ the same values as `quantize.quantize_model` followed by `evaluate.window_nlls`,
 are equal bit for bit; peak memory is one layer (plus its dequantized copy and the rotation's float64
 temporaries), the embedding and lm_head, and the hidden states of the calibration and evaluation windows.
 
-Output folder: `rest.safetensors` (embedding, final norm, lm_head), one `layer-NNNNN.safetensors` per decoder
-layer (packed codes and scales as `checkpoint.linear_tensors`, the layer's other tensors, metadata `linears` and
-`records`) and `qift-index.json` (hf_config, rotation, quant_config, w2_layers, model_id, files), written last.
-Not done: sensitivity-chosen W2 layers (they need a scoring pass over the model), resuming a run, and loading the
-sharded output into `checkpoint.load_quantized` (which reads one file; `read_stream_linears` reads the codes).
+Output folder, a streamed checkpoint (`checkpoint`'s module doc) that `checkpoint.load_quantized` reads:
+`rest.safetensors` (embedding, final norm, lm_head), one `layer-NNNNN.safetensors` per decoder layer (packed codes
+and scales as `checkpoint.linear_tensors`, the layer's other tensors, metadata `linears` and `records`) and
+`qift-index.json` (hf_config, rotation, quant_config, w2_layers, model_id, source, files, their digests,
+provenance), written last by `checkpoint.write_stream_index`.
+Not done: sensitivity-chosen W2 layers (they need a scoring pass over the model) and resuming a run.
 """
 
 from __future__ import annotations
@@ -34,22 +35,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qift_hw.algo.capture import Batch, capture_layer_inputs, propagate
-from qift_hw.algo.checkpoint import _write, linear_tensors, read_linears, read_metadata
+from qift_hw.algo.checkpoint import (STREAM_INDEX, STREAM_REST, _write, linear_tensors, quantized_weights,
+                                     stream_layer_file, write_stream_index)
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.layer import quantize_layer
 from qift_hw.algo.mixed import parse_w2_spec, select_w2_layers
-from qift_hw.algo.models import check_supported, head_dim, short_message, untie_embeddings
+from qift_hw.algo.models import check_supported, head_dim, model_source, short_message, untie_embeddings
 from qift_hw.algo.qmodel import quantize_model_forward, wrap_model
 from qift_hw.algo.quantized import QuantizedLinear
 from qift_hw.algo.rotation import RotationInfo, check_rotatable, rotate_ends, rotate_layer
 from qift_hw.core.errors import QiftError
 from qift_hw.core.hadamard import random_hadamard
-from qift_hw.core.io import write_json
 from qift_hw.core.levels import LevelSet
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-OUT_INDEX = "qift-index.json"
+OUT_INDEX = STREAM_INDEX
 DTYPE = torch.float32
 OUTER = ("model.embed_tokens", "model.norm", "lm_head")
 
@@ -201,7 +202,7 @@ def _window_nlls(model: nn.Module, batches: list[Batch], windows: torch.Tensor, 
 
 
 def _layer_file(out: Path, i: int) -> Path:
-    return out / f"layer-{i:05d}.safetensors"
+    return out / stream_layer_file(i)
 
 
 def _write_layer(out: Path, i: int, layer: nn.Module, weights: dict[str, QuantizedLinear], records: list[dict]
@@ -222,7 +223,9 @@ def stream_run(folder: str | Path, config: QuantConfig | None = None, calib: tor
                on_layer=None) -> StreamResult:
     """Quantize (config given) and/or evaluate (eval_windows [n, seqlen] given) the checkpoint in `folder` layer
     by layer (module doc). config None: the float model. calib: token windows [n, seqlen] for GPTQ (RTN needs
-    none). out: folder for the qift-1 shards. keep_weights: also return every quantized linear (small models).
+    none). out: folder for the streamed checkpoint (`checkpoint.load_quantized` reads it). model_id: where its
+    tokenizer comes from (default: the source folder). keep_weights: also return every quantized linear (small
+    models).
     on_layer(i): called after each layer is freed (the benchmark samples memory there).
     """
     t_start = time.perf_counter()
@@ -245,7 +248,8 @@ def stream_run(folder: str | Path, config: QuantConfig | None = None, calib: tor
     out_dir = None if out is None else Path(out)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write(out_dir / "rest.safetensors",
+        (out_dir / STREAM_INDEX).unlink(missing_ok=True)  # until this run's is written, the folder reads as unfinished
+        _write(out_dir / STREAM_REST,
                {f"{p}.weight": model.get_submodule(p).weight.detach().cpu().contiguous() for p in OUTER}, {})
     timer: dict[str, float] = {"load_s": 0.0, "rotate_s": 0.0, "eval_s": 0.0}
     records: list[dict] = []
@@ -285,11 +289,10 @@ def stream_run(folder: str | Path, config: QuantConfig | None = None, calib: tor
     if eval_b is not None:
         nlls = _window_nlls(model, eval_b, eval_windows, eval_batch_size)
     if out_dir is not None:
-        write_json(out_dir / OUT_INDEX, {
-            "format": "qift-1-sharded", "hf_config": json.loads(model.config.to_json_string(use_diff=False)),
-            "rotation": None if rotation is None else rotation.to_dict(),
-            "quant_config": None if config is None else config.to_dict(), "w2_layers": w2, "model_id": model_id,
-            "files": ["rest.safetensors", *(_layer_file(out_dir, i).name for i in range(n_layers))]})
+        write_stream_index(out_dir, json.loads(model.config.to_json_string(use_diff=False)),
+                           None if rotation is None else rotation.to_dict(),
+                           None if config is None else config.to_dict(), w2, model_source(model_id or str(folder)),
+                           str(Path(folder).resolve()))
     timer["total_s"] = time.perf_counter() - t_start
     seqlen = 0 if eval_windows is None else int(eval_windows.shape[1])
     return StreamResult(w2_layers=w2, records=records, nlls=nlls, seqlen=seqlen, timings=timer,
@@ -298,16 +301,4 @@ def stream_run(folder: str | Path, config: QuantConfig | None = None, calib: tor
 
 def read_stream_linears(out: str | Path) -> dict[str, QuantizedLinear]:
     """Every quantized linear of a streaming run's output folder (each shard's digest and tensors checked)."""
-    out = Path(out)
-    index = out / OUT_INDEX
-    if not index.is_file():
-        raise QiftError(f"{out} has no {OUT_INDEX}; the streaming run did not finish, run it again")
-    weights: dict[str, QuantizedLinear] = {}
-    for name in json.loads(index.read_text())["files"]:
-        path = out / name
-        if not path.is_file():
-            raise QiftError(f"streamed checkpoint {out}: shard {name} is missing; run the quantization again")
-        linears = read_metadata(path).get("linears", {})
-        if linears:
-            weights.update(read_linears(path, linears))
-    return weights
+    return quantized_weights(out)

@@ -346,7 +346,8 @@ def quantize_cmd(
 
 @app.command("eval-checkpoint")
 def eval_checkpoint_cmd(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `qift-hw quantize` or `eval --export`."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `qift-hw quantize` or `eval --export`, "
+                                     "or the folder `eval --stream --export` writes."),
     model: Optional[str] = typer.Option(None, "--model", help="Where the tokenizer comes from (default: the model "
                                         "recorded in the checkpoint)."),
     text: str = _text, windows: Optional[int] = _windows, seqlen: int = _seqlen, device: Optional[str] = device_option,
@@ -368,7 +369,11 @@ def eval_checkpoint_cmd(
     dev = resolve_device(device)
     hook = eval_backend(backend, sim_hadamard)
     qmodel, meta = load_quantized(checkpoint, device=dev)
-    _, tok = load_model(model or meta.get("model_id") or None, device="cpu")
+    recorded = meta.get("model_id") or None
+    if model is None and recorded is not None and Path(recorded).is_absolute() and not Path(recorded).exists():
+        raise QiftError(f"{checkpoint} takes its tokenizer from {recorded}, which no longer exists; pass --model "
+                        "with a folder or hub id that has the same tokenizer")
+    _, tok = load_model(model or recorded, device="cpu")
     _check_model(qmodel, {"--seqlen": seqlen}, [])
     ev = get_windows(tok, text, "eval", seqlen, windows)
     info = hook(qmodel, quantized_weights(checkpoint)) if hook is not None else {"name": "torch"}
