@@ -196,3 +196,80 @@ def test_sim_backend_forward_equals_simlinear_calls(hadamard):
         assert getattr(model.model.layers[0].self_attn.q_proj, SIM_ATTR) is not sims["model.layers.0.self_attn.q_proj"]
         remove_sim_backend(model)
     assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("shape", [(4096, 1536), (1000, 576), (300, 700), (50, 385)])
+def test_gram_equals_the_full_product(shape):
+    from qift_hw.algo import gptq
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[1]))
+    g = gptq.gram(x)
+    assert torch.equal(g, x.T @ x)
+    ref = x.double().T @ x.double()
+    tol = dict(rtol=1e-4, atol=1e-3 * shape[0] ** 0.5)
+    assert torch.allclose(g.double(), ref, **tol)
+    blocked = gptq._gram_blocked(x, 128)
+    assert torch.allclose(blocked.double(), ref, **tol) and torch.equal(blocked, blocked.T)
+
+
+def test_gram_falls_back_to_the_full_product_when_the_blocks_differ(monkeypatch):
+    from qift_hw.algo import gptq
+
+    calls = []
+
+    def off_by_one_ulp(x, block):
+        calls.append(block)
+        out = x.T @ x
+        out[0, -1] = torch.nextafter(out[0, -1], torch.tensor(float("inf")))
+        return out
+
+    monkeypatch.setattr(gptq, "_gram_blocked", off_by_one_ulp)
+    monkeypatch.setattr(gptq, "_gram_blocked_ok", {})
+    x = torch.randn(97, 500, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(gptq.gram(x), x.T @ x)
+    assert torch.equal(gptq.gram(x), x.T @ x)
+    assert len(calls) == 1
+    assert list(gptq._gram_blocked_ok.values()) == [False]
+
+
+def _old_gptq_columns(W, Hinv, quant, blocksize):
+    """The previous column loop: columns of W as columns, strided."""
+    N, K = W.shape
+    codes = torch.zeros(N, K, dtype=torch.uint8)
+    loss = torch.zeros(N, dtype=W.dtype)
+    for i1 in range(0, K, blocksize):
+        i2 = min(i1 + blocksize, K)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            c, q = quant(w)
+            codes[:, i1 + i] = c
+            err = (w - q) / d
+            loss += (w - q) ** 2 / d**2 / 2
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return codes, loss
+
+
+@pytest.mark.parametrize("level_set,N,K,blocksize", [("mnz", 96, 200, 64), ("asym", 40, 130, 128),
+                                                     ("pot_mnz", 33, 77, 16)])
+def test_gptq_column_loop_equals_previous_code(level_set, N, K, blocksize):
+    from qift_hw.algo import gptq
+    from qift_hw.core.levels import fit_params, get_level_set
+
+    gen = torch.Generator().manual_seed(K)
+    W = torch.randn(N, K, generator=gen)
+    X = torch.randn(3 * K, K, generator=gen) * torch.rand(K, generator=gen)
+    H = (X.T @ X).double() * 2 / X.shape[0] + 0.01 * torch.eye(K, dtype=torch.float64)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    ls = get_level_set(level_set)
+    quant = gptq._ColumnQuantizer(ls, fit_params(W, ls), torch.float32, "cpu")
+    W_old, W_new = W.clone(), W.clone()
+    codes_old, loss_old = _old_gptq_columns(W_old, Hinv, quant, blocksize)
+    codes_new, loss_new = gptq._gptq_columns(W_new, Hinv, quant, blocksize)
+    assert torch.equal(codes_new, codes_old) and torch.equal(loss_new, loss_old) and torch.equal(W_new, W_old)
+    assert codes_new.is_contiguous() and codes_new.shape == (N, K)

@@ -40,6 +40,49 @@ class GPTQResult:
     damp_used: float
 
 
+GRAM_BLOCK = 384
+"""Column-block width of `gram`'s upper-triangle products (1536 inputs: 4 blocks, 10 of 16 block products)."""
+
+_gram_blocked_ok: dict[tuple, bool] = {}
+
+
+def _gram_blocked(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x^T x from the block products on and above the diagonal, mirrored below it."""
+    K = x.shape[1]
+    out = torch.empty(K, K, dtype=x.dtype, device=x.device)
+    for i0 in range(0, K, block):
+        i1 = min(i0 + block, K)
+        rows = x[:, i0:i1].T @ x[:, i0:]
+        out[i0:i1, i0:] = rows
+        out[i1:, i0:i1] = rows[:, i1 - i0 :].T
+    return out
+
+
+def gram(x: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
+    """x^T x for x [n, K], with the same bits as `x.T @ x` and up to 45% fewer products.
+
+    X^T X is symmetric, so only the column blocks on and above the diagonal are multiplied. That gives the very
+    floats of the full product when the BLAS sums each element in the same order whatever the block shape, and
+    the full product is exactly symmetric; both hold for MKL and OpenBLAS here but nothing guarantees them, so the
+    first product of each shape, dtype, device and thread count is computed both ways and compared, and the
+    blocked form is used for that key only if they are equal (the calibration repeats a few shapes many times).
+    """
+    K = x.shape[1]
+    if K <= block:
+        return x.T @ x
+    key = (tuple(x.shape), x.dtype, x.device.type, torch.get_num_threads(), block)
+    ok = _gram_blocked_ok.get(key)
+    if ok is False:
+        return x.T @ x
+    blocked = _gram_blocked(x, block)
+    if ok is None:
+        full = x.T @ x
+        _gram_blocked_ok[key] = ok = torch.equal(blocked, full)
+        if not ok:
+            return full
+    return blocked
+
+
 class HessianAccumulator:
     """Running H = (2/N) sum_n x_n x_n^T over the rows of every batch of layer inputs, summed in float64.
 
@@ -62,7 +105,7 @@ class HessianAccumulator:
         if self.product_dtype == torch.float64:
             self.sum.addmm_(x.T, x)
         else:
-            self.sum += (x.T @ x).to(torch.float64)
+            self.sum += gram(x).to(torch.float64)
         self.count += x.shape[0]
 
     @property
@@ -151,6 +194,37 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+def _gptq_columns(W: torch.Tensor, Hinv: torch.Tensor, quant: _ColumnQuantizer, blocksize: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ's column loop on W [N, K] (updated in place) with the upper Cholesky factor Hinv of H^-1.
+
+    Returns the codes [N, K] and the per-row loss. Inside a block the columns are held as rows (the block
+    transposed), so every column operation reads and writes contiguous memory; each element sees the same
+    operations in the same order as in the column layout, so the values are the same.
+    """
+    N, K = W.shape
+    codes_t = torch.zeros(K, N, dtype=torch.uint8, device=W.device)
+    loss = torch.zeros(N, dtype=W.dtype, device=W.device)
+    for i1 in range(0, K, blocksize):
+        i2 = min(i1 + blocksize, K)
+        W1t = W[:, i1:i2].T.contiguous()
+        Err1t = torch.zeros_like(W1t)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        with _one_thread():
+            for i in range(i2 - i1):
+                w = W1t[i]
+                d = Hinv1[i, i]
+                c, q = quant(w)
+                codes_t[i1 + i] = c
+                diff = w - q
+                err = diff / d
+                loss += diff**2 / d**2 / 2
+                W1t[i:] -= Hinv1[i, i:].unsqueeze(1) * err.unsqueeze(0)
+                Err1t[i] = err
+        W[:, i2:] -= Err1t.T.contiguous() @ Hinv[i1:i2, i2:]
+    return codes_t.T.contiguous(), loss
+
+
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -202,25 +276,7 @@ def gptq_quantize(
     if torch.any(params.scale <= 0):
         raise QiftError(f"GPTQ{what}: scales must be positive")
     quant = _ColumnQuantizer(level_set, params, compute_dtype, W.device)
-    codes = torch.zeros(N, K, dtype=torch.uint8, device=W.device)
-    loss = torch.zeros(N, dtype=compute_dtype, device=W.device)
-    for i1 in range(0, K, blocksize):
-        i2 = min(i1 + blocksize, K)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        with _one_thread():
-            for i in range(i2 - i1):
-                w = W1[:, i]
-                d = Hinv1[i, i]
-                c, q = quant(w)
-                codes[:, i1 + i] = c
-                err = (w - q) / d
-                loss += (w - q) ** 2 / d**2 / 2
-                W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-                Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
+    codes, loss = _gptq_columns(W, Hinv, quant, blocksize)
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
     deq = dequantize(codes, level_set, params).to(out_dtype)
