@@ -273,3 +273,36 @@ def test_gptq_column_loop_equals_previous_code(level_set, N, K, blocksize):
     codes_new, loss_new = gptq._gptq_columns(W_new, Hinv, quant, blocksize)
     assert torch.equal(codes_new, codes_old) and torch.equal(loss_new, loss_old) and torch.equal(W_new, W_old)
     assert codes_new.is_contiguous() and codes_new.shape == (N, K)
+
+
+@pytest.mark.parametrize("shape", [(1, 2048, 576), (7, 1536), (1, 3, 50, 64), (4, 0, 8)])
+def test_fake_quant_equals_the_aminmax_version(shape):
+    """formats' per-row min/max: two reductions instead of torch.aminmax (which was much slower on CPU)."""
+    from qift_hw.core import formats
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=gen) * torch.rand(*shape[:-1], 1, generator=gen) * 5
+    if x.numel():
+        x.view(-1, shape[-1])[0] = 0.0
+
+    def old_act(x, bits, clip):
+        qmax = 2 ** (bits - 1) - 1
+        lo, hi = torch.aminmax(x, dim=-1, keepdim=True) if x.numel() else (x.amin(-1, True), x.amax(-1, True))
+        scale = formats._amax_scale(torch.maximum(hi, lo.neg_()), qmax, clip)
+        return torch.div(x, scale).round_().clamp_(-qmax - 1, qmax).mul_(scale)
+
+    def old_kv(x, bits, clip):
+        qmax = 2**bits - 1
+        lo, hi = torch.aminmax(x, dim=-1, keepdim=True) if x.numel() else (x.amin(-1, True), x.amax(-1, True))
+        xmax, xmin = hi.clamp_(min=0).mul_(clip), lo.clamp_(max=0).mul_(clip)
+        scale = (xmax - xmin) / qmax
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.round(-xmin / scale)
+        q = torch.div(x, scale).round_().add_(zero).clamp_(0, qmax)
+        return q.sub_(zero).mul_(scale)
+
+    assert torch.equal(formats.fake_quant_act(x, 4, 0.9), old_act(x, 4, 0.9))
+    assert torch.equal(formats.fake_quant_kv(x, 4, 0.95), old_kv(x, 4, 0.95))
+    if x.numel():
+        lo, hi = formats._row_min_max(x)
+        assert torch.equal(torch.maximum(hi, -lo), x.abs().amax(-1, keepdim=True))

@@ -105,13 +105,19 @@ def quantize_act(x: torch.Tensor, bits: int = ACT_BITS, clip: float = ACT_CLIP) 
     return q.to(torch.int8), scale
 
 
+def _row_min_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max over the last dim (keepdim). Two reductions, not `torch.aminmax`: on CPU aminmax over the
+    last dim took 10-20x as long (2048 x 576 float32, one thread: 2.5 ms against 0.12 ms); the values are the same."""
+    return x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+
+
 def _act_levels(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_act's integers as FP32 values (a new tensor) and its scale; max|x| from one min/max pass."""
+    """quantize_act's integers as FP32 values (a new tensor) and its scale; max|x| from the row min and max."""
     if not 2 <= bits <= 8:
         raise QiftError(f"activation width must be 2..8 bits, got {bits}")
     qmax = 2 ** (bits - 1) - 1
     xf = x.to(SCALE_DTYPE)
-    lo, hi = torch.aminmax(xf, dim=-1, keepdim=True) if xf.numel() else (xf.amin(-1, True), xf.amax(-1, True))
+    lo, hi = _row_min_max(xf)
     scale = _amax_scale(torch.maximum(hi, lo.neg_()), qmax, clip)
     q = torch.div(xf, scale).round_().clamp_(-qmax - 1, qmax)
     return q, scale
@@ -135,12 +141,12 @@ def quantize_kv(x: torch.Tensor, bits: int = KV_BITS, clip: float = KV_CLIP
 
 
 def _kv_levels(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """quantize_kv's integers as FP32 values (a new tensor), scale and zero; min and max from one pass."""
+    """quantize_kv's integers as FP32 values (a new tensor), scale and zero."""
     if not 2 <= bits <= 8:
         raise QiftError(f"KV width must be 2..8 bits, got {bits}")
     qmax = 2**bits - 1
     xf = x.to(SCALE_DTYPE)
-    lo, hi = torch.aminmax(xf, dim=-1, keepdim=True) if xf.numel() else (xf.amin(-1, True), xf.amax(-1, True))
+    lo, hi = _row_min_max(xf)
     xmax = hi.clamp_(min=0).mul_(clip)
     xmin = lo.clamp_(max=0).mul_(clip)
     scale = (xmax - xmin) / qmax
