@@ -193,6 +193,12 @@ def test_quantize_eval_checkpoint_and_run_folder(tiny, tmp_path):
     assert_bad_input(res, "config.json", only_line=False)
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into KeyboardInterrupt even when
+    the tests themselves run with SIGINT ignored (a background job of a non-interactive shell)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_eval(tiny: Path, run_root: Path, *extra: str, out: Path | None = None) -> subprocess.CompletedProcess:
     """Start a long `qift-hw eval` on the tiny model, send SIGINT once its first layer is quantized (or, with
     ``out``, once its first result row is written), wait for it."""
@@ -202,7 +208,7 @@ def _interrupt_eval(tiny: Path, run_root: Path, *extra: str, out: Path | None = 
     if out is not None:
         args += ["--out", str(out)]
     proc = subprocess.Popen(args, cwd=tiny, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     # a fresh run keeps no layers: the first result row written into --out marks its progress instead
     progress = out / "results.partial.json" if out is not None else None

@@ -30,6 +30,7 @@ from qift_hw.algo.run_folder import open_run_dir, run_inputs, weights_digest
 from qift_hw.core.errors import QiftError
 from qift_hw.core.io import atomic_path, lock_folder, write_text
 from qift_hw.study.experiments import run_dir_for
+from test_faults_cli import default_sigint
 
 N_LAYERS = 4
 
@@ -64,7 +65,7 @@ def child(tmp: Path, run_dir, out: Path, kill_after: int = -1, sig: str = "SIGIN
     script = tmp / "child.py"
     script.write_text(CHILD)
     return subprocess.run([sys.executable, str(script), str(run_dir), str(out), str(kill_after), sig, str(threads)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, preexec_fn=default_sigint)
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
