@@ -261,3 +261,15 @@ def test_unloadable_model_fails_its_points_only(tiny, tmp_path, client):
                    client=client, code="test", progress=False)
     assert run.results[0].error is None and run.results[1].error.startswith("QiftError: cannot load model")
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1  # the finished point is kept
+
+
+def test_long_table_counts_resumed_layers():
+    """A point that resumed finished layers from its run folder reports their number (an int), as run_points does."""
+    from qift_hw.study.grid import GridRun, PointResult
+
+    spec = S.parse_spec({"points": [{"levels": "mnz", "methods": "gptq", "w2_layers": "all"}],
+                         "calibration": {"seeds": [0, 1]}})
+    pts = S.expand(spec)
+    results = [PointResult(i, p, [{"ppl": 70.0 + i, "resumed_layers": n}]) for i, (p, n) in enumerate(zip(pts, (30, 0)))]
+    df = tidy.long_table(GridRun(results, "run_point", "test", None))
+    assert list(df["resumed_layers"]) == [30, 0] and list(df["ppl"]) == [70.0, 71.0]

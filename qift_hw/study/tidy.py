@@ -70,7 +70,7 @@ def long_table(run: GridRun):
             "ppl": row.get("ppl", math.nan), "mean_rel_error": row.get("mean_rel_error"),
             "eval_windows": row.get("eval_windows"), "n_w2_layers": len(w2) if isinstance(w2, list) else None,
             "w2_layer_list": " ".join(map(str, w2)) if isinstance(w2, list) else None,
-            "resumed_layers": len(row.get("resumed_layers") or []),
+            "resumed_layers": int(row.get("resumed_layers") or 0),
             "seconds": row.get("seconds", res.seconds), "eval_seconds": row.get("eval_seconds"),
             "cached": res.cached, "point_key": res.key, "error": res.error,
         })
