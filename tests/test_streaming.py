@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
+from qift_hw.algo.checkpoint import quantized_weights
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.evaluate import window_nlls
 from qift_hw.algo.models import tiny_llama
 from qift_hw.algo.quantize import quantize_model
-from qift_hw.algo.streaming import INDEX, read_stream_linears, stream_run
+from qift_hw.algo.streaming import INDEX, stream_run
 from qift_hw.core.errors import QiftError
 
 VOCAB = 256
@@ -49,7 +50,7 @@ def test_stream_equals_in_memory(sharded, tmp_path, method, w2):
 
     assert res.w2_layers == qm.w2_layers
     assert torch.equal(res.nlls, ref_nlls)
-    on_disk = read_stream_linears(tmp_path / "q")
+    on_disk = quantized_weights(tmp_path / "q")
     assert set(on_disk) == set(qm.weights) == set(res.weights)
     for name, ql in qm.weights.items():
         for got in (res.weights[name], on_disk[name]):

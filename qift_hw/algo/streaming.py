@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qift_hw.algo.capture import Batch, capture_layer_inputs, propagate
-from qift_hw.algo.checkpoint import (STREAM_INDEX, STREAM_REST, _write, linear_tensors, quantized_weights,
+from qift_hw.algo.checkpoint import (STREAM_INDEX, STREAM_REST, _write, linear_tensors,
                                      stream_layer_file, write_stream_index)
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.layer import quantize_layer
@@ -50,7 +50,6 @@ from qift_hw.core.levels import LevelSet
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-OUT_INDEX = STREAM_INDEX
 DTYPE = torch.float32
 OUTER = ("model.embed_tokens", "model.norm", "lm_head")
 
@@ -298,7 +297,3 @@ def stream_run(folder: str | Path, config: QuantConfig | None = None, calib: tor
     return StreamResult(w2_layers=w2, records=records, nlls=nlls, seqlen=seqlen, timings=timer,
                         rotation=None if rotation is None else rotation.to_dict(), weights=kept)
 
-
-def read_stream_linears(out: str | Path) -> dict[str, QuantizedLinear]:
-    """Every quantized linear of a streaming run's output folder (each shard's digest and tensors checked)."""
-    return quantized_weights(out)
