@@ -233,8 +233,9 @@ def prepared_model(spec: ModelSpec, base, tokenizer, device: str = "cpu", run_ro
         from qift_hw.study.experiments import point_model
 
         model, qm = point_model(spec.kind, spec.config, base, tokenizer, device, run_root, model_id, progress)
-        weights = qm.weights if qm is not None else None
+        weights = None
         if qm is not None:
+            weights = qm.weights
             info["w2_layers"] = qm.w2_layers
     else:
         raise QiftError(f"unknown model kind {spec.kind!r}; use fp, rotated_fp, quant or checkpoint")
