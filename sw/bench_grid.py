@@ -91,13 +91,10 @@ def through_grid(points: list[dict], client, cache: Path | None, code: str | Non
 
 
 def cluster(workers: int):
-    import logging
+    """A local cluster as the runner starts one (`start_client`: its worker settings included)."""
+    from qift_hw.study.grid import start_client
 
-    from distributed import Client, LocalCluster
-
-    c = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                     silence_logs=logging.ERROR)
-    return Client(c)
+    return start_client(workers=workers)
 
 
 def close(client) -> None:

@@ -294,6 +294,28 @@ def test_existing_scheduler_by_address(tmp_path, client):
     assert res.computed == 2 and [r.rows for r in res.results] == [expected_rows(1), expected_rows(2)]
 
 
+def _worker_env() -> dict:
+    import os
+
+    return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
+
+
+def test_local_workers_keep_glibcs_dynamic_malloc_thresholds(monkeypatch):
+    """Dask's default worker environment sets MALLOC_TRIM_THRESHOLD_, which fixes glibc's mmap threshold and made
+    GPTQ points 1.8x slower in a worker (sw/bench_grid.py); the runner's local workers must not get it, and the
+    calling process's environment must stay as it was."""
+    import os
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    client = grid.start_client(workers=1)
+    try:
+        (env,) = client.run(_worker_env).values()
+    finally:
+        grid._close(client, True)
+    assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+
+
 # --- the command line (real entry point, in this process; workers of the in-process cluster by address) -------
 
 def qift(monkeypatch, capsys, *args):
