@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from qift_hw.algo.checkpoint import load_quantized, quantized_weights, read_metadata, save_quantized
+from qift_hw.algo.checkpoint import (load_quantized, quantized_weights, read_metadata, read_quantized,
+                                     save_quantized)
 from qift_hw.algo.config import QuantConfig
 from qift_hw.algo.evaluate import evaluate_ppl
 from qift_hw.algo.models import tiny_llama
@@ -44,6 +45,15 @@ def test_round_trip_is_bit_exact(tmp_path, levels, w2, other, rotate, method):
     assert stored.keys() == qm.weights.keys()
     for name, ql in qm.weights.items():
         assert torch.equal(stored[name].codes, ql.codes) and stored[name].level_set == ql.level_set
+
+    once, meta_once, weights = read_quantized(path)  # one read gives the model and the linears together
+    assert meta_once == meta and weights.keys() == qm.weights.keys()
+    with torch.no_grad():
+        assert torch.equal(once(probe).logits, model(probe).logits)
+    for name, ql in qm.weights.items():
+        got = weights[name]
+        assert torch.equal(got.codes, ql.codes) and got.level_set == ql.level_set
+        assert torch.equal(got.dequantized(), ql.dequantized())
 
 
 def test_two_bit_codes_are_packed_four_per_byte(tmp_path):

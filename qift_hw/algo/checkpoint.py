@@ -460,12 +460,11 @@ def _load_file(path: Path) -> tuple[dict, QuantConfig, dict[str, torch.Tensor], 
     return (meta, cfg, *_read_tensors(path, raw, meta["linears"]))
 
 
-def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the quantized model from a checkpoint file or a streamed checkpoint folder; returns (model in eval
-    mode on `device`, metadata).
-
-    QiftError (one line) for a checkpoint that is missing, corrupt, tampered with or inconsistent.
-    """
+def read_quantized(path: str | Path, device: str | torch.device = "cpu"
+                   ) -> tuple[nn.Module, dict, dict[str, QuantizedLinear]]:
+    """`load_quantized`'s (model, metadata) and the quantized linears it rebuilt them from (codes and per-row
+    params on the CPU, as `quantized_weights` gives), from one read of the checkpoint: for the bit-accurate
+    backends, which need both."""
     path = Path(path)
     with _reading(path):
         meta, cfg, tensors, codes = _load_stream(path) if path.is_dir() else _load_file(path)
@@ -479,11 +478,22 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tupl
         _check_state(path, state, model, linears)
         model.load_state_dict(state, strict=False)
         modules = dict(model.named_modules())
-        for name, ql in _linears_from(tensors, codes, linears, "cpu").items():
+        weights = _linears_from(tensors, codes, linears, "cpu")
+        for name, ql in weights.items():
             deq = ql.dequantized()
             lin = modules[name]
             with torch.no_grad():
                 lin.weight.copy_(deq)
             lin.set_qweight(deq)
     model.to(device)
+    return model, meta, weights
+
+
+def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the quantized model from a checkpoint file or a streamed checkpoint folder; returns (model in eval
+    mode on `device`, metadata).
+
+    QiftError (one line) for a checkpoint that is missing, corrupt, tampered with or inconsistent.
+    """
+    model, meta, _ = read_quantized(path, device)
     return model, meta

@@ -51,10 +51,9 @@ def export_tiles(path: Path, layer: int = 3, tokens: int = 16, checkpoint: Path 
     names = {p: f"model.layers.{layer}.{p}" for p in ("self_attn.q_proj", "mlp.down_proj")}
     given: dict = {}
     if checkpoint is not None:
-        from qift_hw.algo.checkpoint import load_quantized, quantized_weights
+        from qift_hw.algo.checkpoint import read_quantized
 
-        model, meta = load_quantized(checkpoint)
-        weights = quantized_weights(checkpoint)
+        model, meta, weights = read_quantized(checkpoint)
         for name in names.values():
             if name not in weights:
                 raise QiftError(f"{checkpoint} has no quantized {name}; pick a --layer that was quantized")

@@ -357,7 +357,7 @@ def eval_checkpoint_cmd(
     """Perplexity of a saved quantized checkpoint."""
     import torch
 
-    from qift_hw.algo.checkpoint import load_quantized, quantized_weights
+    from qift_hw.algo.checkpoint import read_quantized
     from qift_hw.algo.data import get_windows
     from qift_hw.algo.evaluate import evaluate_ppl
     from qift_hw.algo.models import load_model
@@ -368,7 +368,7 @@ def eval_checkpoint_cmd(
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     hook = eval_backend(backend, sim_hadamard)
-    qmodel, meta = load_quantized(checkpoint, device=dev)
+    qmodel, meta, weights = read_quantized(checkpoint, device=dev)
     recorded = meta.get("model_id") or None
     if model is None and recorded is not None and Path(recorded).is_absolute() and not Path(recorded).exists():
         raise QiftError(f"{checkpoint} takes its tokenizer from {recorded}, which no longer exists; pass --model "
@@ -376,7 +376,7 @@ def eval_checkpoint_cmd(
     _, tok = load_model(model or recorded, device="cpu")
     _check_model(qmodel, {"--seqlen": seqlen}, [])
     ev = get_windows(tok, text, "eval", seqlen, windows)
-    info = hook(qmodel, quantized_weights(checkpoint)) if hook is not None else {"name": "torch"}
+    info = hook(qmodel, weights) if hook is not None else {"name": "torch"}
     t0 = time.perf_counter()
     ppl = evaluate_ppl(qmodel, ev, device=dev, progress=progress)
     print(f"{checkpoint}: ppl {ppl:.6f} on {ev.shape[0]} x {seqlen} tokens of {text}, backend {info}, "

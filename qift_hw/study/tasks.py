@@ -222,13 +222,12 @@ def prepared_model(spec: ModelSpec, base, tokenizer, device: str = "cpu", run_ro
     """The model a spec names, ready for evaluation, and facts about it (W2 layers, backend): a deep copy of the
     float ``base`` (rotated, or quantized with per-layer checkpoints under ``run_root``, as `eval` does), or the
     checkpoint's model. ``backend(model, weights)``: `bridge.sim_backend.eval_backend`'s hook, on quantized models."""
-    from qift_hw.algo.checkpoint import load_quantized, quantized_weights
+    from qift_hw.algo.checkpoint import read_quantized
 
     info: dict[str, Any] = {}
     if spec.kind == "checkpoint":
-        model, meta = load_quantized(spec.checkpoint, device=device)
+        model, meta, weights = read_quantized(spec.checkpoint, device=device)
         info["w2_layers"] = meta.get("w2_layers")
-        weights = quantized_weights(spec.checkpoint) if backend is not None else None
     elif spec.kind in ("fp", "rotated_fp", "quant"):
         from qift_hw.study.experiments import point_model
 
