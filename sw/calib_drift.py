@@ -77,12 +77,13 @@ def measure(point: dict, windows) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], eval_shape: list[int]) -> str:
     n = len(rows[0]["drift"])
     picks = sorted({0, 1, 2, 3, n // 4, n // 2, 3 * n // 4, n - 2, n - 1})
-    head = ("| set | calib windows | seed | ppl (float weights) | " + " | ".join(f"L{i}" for i in picks)
+    head = ("| set | calib windows | seed | ppl W2 (float-weight reference) | " + " | ".join(f"L{i}" for i in picks)
             + " | max (layer) |")
-    lines = ["Relative drift of each decoder layer's output from the float-weight forward:", "", head,
+    lines = [f"On the first {eval_shape[0]} evaluation windows of {eval_shape[1]} tokens. Relative drift of each decoder "
+             "layer's output from the same model's float-weight forward:", "", head,
              "|" + "---|" * (5 + len(picks))]
     for r in rows:
         d = r["drift"]
@@ -158,9 +159,9 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     write_json(a.out / "drift.json", {"provenance": provenance(), "settings": {k: str(v) for k, v in vars(a).items()},
                                       "eval_windows": list(ev.shape), "rows": rows})
-    write_text(a.out / "drift.md", table(rows))
+    write_text(a.out / "drift.md", table(rows, list(ev.shape)))
     plot(rows, a.out / "drift.png")
-    print(table(rows))
+    print(table(rows, list(ev.shape)))
     print(f"wrote {a.out}/drift.json, drift.md, drift.png")
     return 0
 

@@ -273,3 +273,29 @@ def test_long_table_counts_resumed_layers():
     results = [PointResult(i, p, [{"ppl": 70.0 + i, "resumed_layers": n}]) for i, (p, n) in enumerate(zip(pts, (30, 0)))]
     df = tidy.long_table(GridRun(results, "run_point", "test", None))
     assert list(df["resumed_layers"]) == [30, 0] and list(df["ppl"]) == [70.0, 71.0]
+
+
+@pytest.mark.parametrize("spread, log", [((1000.0, 4000.0, 60000.0), True), ((110.0, 130.0, 150.0), False)])
+def test_calibration_curve_goes_logarithmic_with_min_max_bars_when_seeds_span_widely(tmp_path, monkeypatch,
+                                                                                     spread, log):
+    """A std-like point whose seeds span 60x must not get a linear axis with a +-std bar below zero."""
+    import pandas as pd
+
+    from qift_hw.study import spec_plots
+
+    rows = []
+    for w, vals in ((8, spread), (32, (70.0, 72.0, 75.0))):
+        rows += [{"point_id": f"p{w}", "kind": "quant", "label": "std", "setting": "W2A4KV4", "levels": "std",
+                  "method": "gptq", "calib_tokens": w * 512, "ppl": v} for v in vals]
+    figs = []
+    monkeypatch.setattr(spec_plots, "save_figure", lambda fig, path, dpi: figs.append(fig) or Path(path))
+    spec_plots.plot_calibration(tidy.aggregate(pd.DataFrame(rows)), tmp_path / "c.png")
+    (ax,) = figs[0].axes
+    assert ax.get_yscale() == ("log" if log else "linear")
+    bars = [seg for coll in ax.collections for seg in coll.get_segments() if seg[0, 0] == 8 * 512]
+    lo, hi = min(s[:, 1].min() for s in bars), max(s[:, 1].max() for s in bars)
+    if log:
+        assert (lo, hi) == (spread[0], spread[-1])
+    else:
+        sd = float(np.std(spread, ddof=1))
+        assert lo == pytest.approx(np.mean(spread) - sd) and hi == pytest.approx(np.mean(spread) + sd)

@@ -4,7 +4,9 @@
 own, so its differences stay visible; RTN, whose W2 perplexities reach 1e8, beside it, on a log axis when its
 values span more than a factor of 20), one series
 per setting (W2A16, W2A4KV4, mixed); FP and the W4/W3 references as dashed lines. `calib_curve.png`: perplexity
-against calibration tokens, one line per level set and setting, when the spec varies the calibration size.
+against calibration tokens, one line per level set and setting, when the spec varies the calibration size; when
+its values span more than a factor of 20 the axis is logarithmic and the bars run from the smallest to the largest
+seed (a standard deviation bar would cross zero there).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from qift_hw.core.io import save_figure
 REF_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 1)))
 METHOD_ORDER = ("gptq", "rtn")
 LOG_SPAN = 20.0
-"""The RTN panel turns logarithmic when its means span more than this factor."""
+"""The RTN panel (its means) and the calibration curve (its seeds) turn logarithmic beyond this factor."""
 
 
 def _err(part: Any) -> list[float]:
@@ -98,16 +100,23 @@ def plot_calibration(agg: Any, path: str | Path) -> Path | None:
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lows = [v for _, p in series for v in p["min"].astype(float) if v > 0]
+    log = bool(lows) and max(v for _, p in series for v in p["max"].astype(float)) / min(lows) > LOG_SPAN
     for (method, st, lv), part in series:
-        ax.errorbar(part["calib_tokens"], part["mean"], yerr=_err(part), marker="o", capsize=3,
+        yerr = [(part["mean"] - part["min"]).fillna(0), (part["max"] - part["mean"]).fillna(0)] if log \
+            else _err(part)
+        ax.errorbar(part["calib_tokens"], part["mean"], yerr=yerr, marker="o", capsize=3,
                     label=f"{lv} {method} {st}")
     ax.set_xscale("log", base=2)
+    if log:
+        ax.set_yscale("log")
     ticks = sorted({int(t) for _, part in series for t in part["calib_tokens"]})
     ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("calibration tokens (windows x seqlen)")
-    ax.set_ylabel("perplexity (mean +- std over seeds)")
-    ax.grid(alpha=0.3)
+    ax.set_ylabel("perplexity (mean, bars min..max over seeds; log axis)" if log
+                  else "perplexity (mean +- std over seeds)")
+    ax.grid(alpha=0.3, which="both" if log else "major")
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     out = save_figure(fig, path, dpi=130)
