@@ -167,4 +167,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from qift_hw.core.errors import QiftError
+
+    try:
+        sys.exit(main())
+    except QiftError as exc:
+        sys.exit(f"error: {exc}")
