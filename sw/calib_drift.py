@@ -14,7 +14,6 @@ drift.png into --out.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -23,7 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +53,8 @@ def measure(point: dict, windows) -> dict:
     import torch
 
     from qift_hw.algo.config import QuantConfig
+    from qift_hw.algo.evaluate import ppl_from_nlls
+    from qift_hw.study.calib_study import FORWARD_ORDER
     from qift_hw.study.drift import layer_drift, offset_share
     from qift_hw.study.experiments import point_model
     from qift_hw.study.points import cached_model
@@ -66,18 +66,20 @@ def measure(point: dict, windows) -> dict:
                             progress=False)
     d = layer_drift(model, windows)
     share = offset_share(model, windows)
-    tokens = windows.shape[0] * (windows.shape[1] - 1)
-    by_kind = {k: [v for n, v in share.items() if n.endswith(k)] for k in KINDS}
+    by_kind = {k: [v for n, v in share.items() if n.endswith(k)] for k in FORWARD_ORDER}
     return {"levels": cfg.levels, "calib_windows": cfg.calib_windows, "calib_seqlen": cfg.calib_seqlen,
             "calib_seed": cfg.calib_seed,
             "resumed_layers": qm.resumed_layers, "seconds": time.perf_counter() - t0, **d,
-            "ppl_quant": math.exp(sum(d["nll_quant"]) / tokens), "ppl_float": math.exp(sum(d["nll_float"]) / tokens),
+            "ppl_quant": ppl_from_nlls(torch.tensor(d["nll_quant"], dtype=torch.float64), windows.shape[1]),
+            "ppl_float": ppl_from_nlls(torch.tensor(d["nll_float"], dtype=torch.float64), windows.shape[1]),
             "offset_share": share,
             "offset_share_by_kind": {k: sum(v) / len(v) for k, v in by_kind.items() if v},
             "threads": torch.get_num_threads()}
 
 
 def table(rows: list[dict], eval_shape: list[int]) -> str:
+    from qift_hw.study.calib_study import FORWARD_ORDER
+
     n = len(rows[0]["drift"])
     picks = sorted({0, 1, 2, 3, n // 4, n // 2, 3 * n // 4, n - 2, n - 1})
     head = ("| set | calib windows | seed | ppl W2 (float-weight reference) | " + " | ".join(f"L{i}" for i in picks)
@@ -92,12 +94,12 @@ def table(rows: list[dict], eval_shape: list[int]) -> str:
                      f"({r['ppl_float']:.2f}) | " + " | ".join(f"{d[j]:.3f}" for j in picks)
                      + f" | {d[i]:.3f} ({i}) |")
     lines += ["", "Share of each linear's weight-error output energy that is a per-channel constant (mean over "
-              "the 30 layers):", "", "| set | calib windows | seed | " + " | ".join(KINDS) + " |",
-              "|" + "---|" * (3 + len(KINDS))]
+              "the 30 layers):", "", "| set | calib windows | seed | " + " | ".join(FORWARD_ORDER) + " |",
+              "|" + "---|" * (3 + len(FORWARD_ORDER))]
     for r in rows:
         s = r["offset_share_by_kind"]
         lines.append(f"| {r['levels']} | {r['calib_windows']} | {r['calib_seed']} | "
-                     + " | ".join(f"{s[k]:.3f}" for k in KINDS) + " |")
+                     + " | ".join(f"{s[k]:.3f}" for k in FORWARD_ORDER) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -64,7 +64,6 @@ def _layer_outputs(model: nn.Module, sink) -> list:
 def layer_drift(model: nn.Module, windows: torch.Tensor) -> dict:
     """Per decoder layer, ``||h_q - h_f|| / ||h_f||`` over all tokens of `windows` [n, seqlen] (batch of one), and
     the per-window NLL of the quantized model and of its float reference."""
-    quantized_linears(model)
     n_layers = len(decoder_layers(model))
     ref: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     diff2 = torch.zeros(n_layers, dtype=torch.float64)
