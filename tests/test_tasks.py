@@ -211,6 +211,19 @@ def test_unknown_and_unreachable_tasks_are_one_line_errors(tmp_path, monkeypatch
     assert T.LOCAL_TASK in msg
 
 
+def test_tokenizer_without_bos_or_eos_is_one_line_error(tiny):
+    """lm-eval prefixes each context with BOS (else EOS); a tokenizer with neither used to fail deep inside it."""
+    import types
+
+    from transformers import AutoModelForCausalLM
+
+    bare = types.SimpleNamespace(bos_token_id=None, eos_token_id=None)
+    model = AutoModelForCausalLM.from_pretrained(tiny["folder"])
+    with pytest.raises(QiftError, match="neither a BOS nor an EOS token") as err:
+        T.evaluate_tasks(model, bare, ["qift_lastword"], None, limit=1)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.slow
 def test_lambada_without_network_is_one_line_error(monkeypatch):
     """lm-eval's own lambada_openai (indexing all of lm-eval's tasks) with the hub offline."""

@@ -198,6 +198,9 @@ def evaluate_tasks(model, tokenizer, names: Sequence[str], tm, limit: int | None
     _quiet_lm_eval()
     if limit is not None and limit < 1:
         raise QiftError(f"--limit must be at least 1, got {limit}")
+    if getattr(tokenizer, "bos_token_id", None) is None and getattr(tokenizer, "eos_token_id", None) is None:
+        raise QiftError("the tokenizer has neither a BOS nor an EOS token, which lm-eval puts before each context; "
+                        "use a model folder whose tokenizer defines one")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(model=lm, tasks=list(names), task_manager=tm, limit=limit, log_samples=False,
                                   bootstrap_iters=bootstrap_iters)
